@@ -1,0 +1,182 @@
+//! Middleware around every route: panic → 500, metrics, request timeout,
+//! path check, `Cache-Control: no-store`.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use futures::FutureExt;
+use http::{header, HeaderValue, Method, StatusCode};
+
+use crate::error::ApiError;
+use crate::request::check_raw_path;
+use crate::HttpConfig;
+
+/// Wrap `routes` (whose fallback is already set, so every request passes
+/// through it) in the protective middleware. One layer does it all, in this
+/// order: path check, timeout, panic catcher, metrics (which so count panics
+/// and timeouts), `Cache-Control`. One layer rather than four: each tower
+/// layer costs a boxed future and a service clone per request.
+pub(crate) fn apply(routes: Router, config: &HttpConfig) -> Router {
+    let timeout = config.max_request_duration;
+    let record_metrics = config.record_metrics;
+    routes.layer(middleware::from_fn(move |req: Request, next: Next| {
+        guard(timeout, record_metrics, req, next)
+    }))
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        errors: Vec::new(),
+    }
+}
+
+async fn guard(timeout: Duration, record: bool, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = method_label(req.method());
+    let mut resp = if let Err(e) = check_raw_path(req.uri().path()) {
+        e.into_response()
+    } else {
+        match tokio::time::timeout(timeout, AssertUnwindSafe(next.run(req)).catch_unwind()).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(payload)) => panic_response(payload),
+            Err(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "context deadline exceeded")
+                .into_response(),
+        }
+    };
+    if record {
+        let status = status_label(resp.status().as_u16());
+        metrics::counter!("tresor_http_requests_total", "method" => method, "status" => status)
+            .increment(1);
+        metrics::histogram!("tresor_http_request_duration_seconds", "method" => method)
+            .record(start.elapsed().as_secs_f64());
+    }
+    // Secrets must not linger in shared or browser caches.
+    resp.headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
+    // The panic message may quote data the handler was working on; the
+    // default panic hook has already printed it to stderr, so the log line
+    // here only records that it happened.
+    drop(payload);
+    tracing::error!("request handler panicked");
+    ApiError::internal().into_response()
+}
+
+/// A label value for the method that can't be used to blow up cardinality.
+fn method_label(m: &Method) -> &'static str {
+    match m.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "LIST" => "LIST",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// A static label for the status: no allocation per request.
+fn status_label(code: u16) -> &'static str {
+    match code {
+        200 => "200",
+        204 => "204",
+        400 => "400",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        412 => "412",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        504 => "504",
+        c if c < 300 => "2xx",
+        c if c < 400 => "3xx",
+        c if c < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn call(app: &Router, uri: &str) -> (StatusCode, String) {
+        let req = http::Request::builder()
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn app(config: &HttpConfig) -> Router {
+        let routes = Router::new()
+            .route(
+                "/panic",
+                get(|| async {
+                    if true {
+                        panic!("boom");
+                    }
+                    "unreachable"
+                }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            )
+            .route("/ok/{*rest}", get(|| async { "fine" }))
+            .fallback(not_found);
+        apply(routes, config)
+    }
+
+    #[tokio::test]
+    async fn panic_is_500_and_server_keeps_serving() {
+        let app = app(&HttpConfig::default());
+        let (status, body) = call(&app, "/panic").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body, r#"{"errors":["internal error"]}"#);
+        let (status, _) = call(&app, "/ok/x").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn timeout_is_504() {
+        let config = HttpConfig {
+            max_request_duration: Duration::from_millis(50),
+            ..HttpConfig::default()
+        };
+        let (status, _) = call(&app(&config), "/slow").await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn traversal_rejected_even_on_unknown_routes() {
+        let app = app(&HttpConfig::default());
+        assert_eq!(call(&app, "/ok/a/../b").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(call(&app, "/ok/%2e%2e/b").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(call(&app, "/nowhere/../x").await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(call(&app, "/nowhere").await.0, StatusCode::NOT_FOUND);
+    }
+}

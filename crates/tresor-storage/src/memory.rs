@@ -1,0 +1,101 @@
+//! In-memory storage for `--dev` and tests: a sorted map behind one lock.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+
+use crate::keys::{normalize_prefix, validate_key, Children, Step};
+use crate::{Entry, Error, Op, Storage};
+
+/// Volatile storage: everything is lost when it is dropped. "Durable" in the
+/// [`Storage`] contract means "visible to every later call" here.
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    map: RwLock<BTreeMap<String, Vec<u8>>>,
+}
+
+impl MemoryStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of entries stored.
+    pub fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.read().is_empty()
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        validate_key(key)?;
+        Ok(self.map.read().get(key).cloned())
+    }
+
+    async fn put(&self, entry: Entry) -> Result<(), Error> {
+        validate_key(&entry.key)?;
+        self.map.write().insert(entry.key, entry.value);
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), Error> {
+        validate_key(key)?;
+        self.map.write().remove(key);
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        let prefix = normalize_prefix(prefix)?;
+        let map = self.map.read();
+        let mut children = Children::new(&prefix);
+        let end = children.scan_end();
+        let mut from = prefix.to_string();
+        loop {
+            let upper = match &end {
+                Some(e) => Bound::Excluded(e.as_str()),
+                None => Bound::Unbounded,
+            };
+            let mut seek = None;
+            for (key, _) in map.range::<str, _>((Bound::Included(from.as_str()), upper)) {
+                if let Step::SeekTo(next) = children.visit(key) {
+                    seek = Some(next);
+                    break;
+                }
+            }
+            match seek {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        Ok(children.finish())
+    }
+
+    async fn batch(&self, ops: Vec<Op>) -> Result<(), Error> {
+        // Validate everything before touching the map: all-or-nothing.
+        for op in &ops {
+            validate_key(op.key())?;
+        }
+        let mut map = self.map.write();
+        for op in ops {
+            match op {
+                Op::Put(e) => {
+                    map.insert(e.key, e.value);
+                }
+                Op::Delete(k) => {
+                    map.remove(&k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "inmem"
+    }
+}

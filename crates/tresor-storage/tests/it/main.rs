@@ -1,0 +1,4 @@
+//! Integration tests of tresor-storage, linked into one binary: one link of the
+//! whole dependency graph instead of one per file keeps CI's disk and time in bounds.
+mod conformance;
+mod sqlite;

@@ -1,0 +1,457 @@
+//! `tresor login` and `tresor token ...`.
+
+use super::error::{api, CliError};
+use super::input::{secret_prompt, string_pairs, Input};
+use super::output::{fmt_duration, kv_table};
+use super::{CmdResult, Ctx};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use tresor_api::Envelope;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LoginArgs {
+    /// Token (method token), read from the terminal when missing or `-`.
+    token: Option<String>,
+    /// Auth method: token (default), userpass, ldap, approle, or any other
+    /// method whose login takes k=v fields.
+    #[arg(long, default_value = "token")]
+    method: String,
+    /// Mount path of the auth method (default: the method name).
+    #[arg(long)]
+    path: Option<String>,
+    /// Do not save the token in ~/.tresor-token.
+    #[arg(long)]
+    no_store: bool,
+    /// Extra k=v login fields (username=..., password=..., role_id=...).
+    #[arg(trailing_var_arg = true)]
+    fields: Vec<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum TokenCmd {
+    /// Create a token.
+    Create(CreateArgs),
+    /// Show a token's properties (default: the current token).
+    Lookup {
+        token: Option<String>,
+        /// Treat the argument as an accessor.
+        #[arg(long)]
+        accessor: bool,
+    },
+    /// Extend a token's lease (default: the current token).
+    Renew {
+        token: Option<String>,
+        /// Requested extension, e.g. 1h.
+        #[arg(long)]
+        increment: Option<String>,
+        #[arg(long)]
+        accessor: bool,
+    },
+    /// Revoke a token and (unless -mode=orphan) its children.
+    Revoke {
+        token: Option<String>,
+        #[arg(long)]
+        accessor: bool,
+        /// Revoke the current token.
+        #[arg(long = "self")]
+        self_: bool,
+        /// `orphan` keeps the children alive.
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// Show the capabilities of a token on a path.
+    Capabilities {
+        /// [TOKEN] PATH
+        #[arg(num_args = 1..=2, required = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CreateArgs {
+    /// Policies (repeatable or comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    policy: Vec<String>,
+    #[arg(long)]
+    ttl: Option<String>,
+    #[arg(long)]
+    explicit_max_ttl: Option<String>,
+    #[arg(long)]
+    period: Option<String>,
+    #[arg(long)]
+    num_uses: Option<u64>,
+    /// Create without a parent, so it outlives the creating token.
+    #[arg(long)]
+    orphan: bool,
+    #[arg(long)]
+    no_default_policy: bool,
+    #[arg(long)]
+    display_name: Option<String>,
+    /// k=v, repeatable.
+    #[arg(long)]
+    metadata: Vec<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    renewable: Option<bool>,
+    /// Create against a token role.
+    #[arg(long)]
+    role: Option<String>,
+    /// Token type: service or batch.
+    #[arg(long = "type")]
+    token_type: Option<String>,
+    /// Explicit token ID (root only).
+    #[arg(long)]
+    id: Option<String>,
+}
+
+fn create_body(a: &CreateArgs) -> Result<Value, CliError> {
+    let mut b = Map::new();
+    if !a.policy.is_empty() {
+        b.insert("policies".into(), json!(a.policy));
+    }
+    let opt = |b: &mut Map<String, Value>, k: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            b.insert(k.into(), json!(v));
+        }
+    };
+    opt(&mut b, "ttl", &a.ttl);
+    opt(&mut b, "explicit_max_ttl", &a.explicit_max_ttl);
+    opt(&mut b, "period", &a.period);
+    opt(&mut b, "display_name", &a.display_name);
+    opt(&mut b, "type", &a.token_type);
+    opt(&mut b, "id", &a.id);
+    if let Some(n) = a.num_uses {
+        b.insert("num_uses".into(), json!(n));
+    }
+    if a.orphan {
+        b.insert("no_parent".into(), json!(true));
+    }
+    if a.no_default_policy {
+        b.insert("no_default_policy".into(), json!(true));
+    }
+    if let Some(r) = a.renewable {
+        b.insert("renewable".into(), json!(r));
+    }
+    if !a.metadata.is_empty() {
+        b.insert("meta".into(), Value::Object(string_pairs(&a.metadata)?));
+    }
+    Ok(Value::Object(b))
+}
+
+pub(crate) async fn run(ctx: &Ctx, cmd: TokenCmd) -> CmdResult {
+    let c = &ctx.client;
+    match cmd {
+        TokenCmd::Create(a) => {
+            let path = match &a.role {
+                Some(r) => format!("auth/token/create/{r}"),
+                None => "auth/token/create".into(),
+            };
+            let env = c
+                .write(&path, &create_body(&a)?)
+                .await
+                .map_err(api("Error creating token"))?;
+            let env =
+                env.ok_or_else(|| CliError::Msg("Error creating token: empty answer".into()))?;
+            ctx.out.envelope(&env)
+        }
+        TokenCmd::Lookup { token, accessor } => {
+            let env = match (token, accessor) {
+                (Some(a), true) => {
+                    c.write("auth/token/lookup-accessor", &json!({ "accessor": a }))
+                        .await
+                }
+                (None, true) => {
+                    return Err(CliError::Usage(
+                        "-accessor needs an accessor argument".into(),
+                    ))
+                }
+                (Some(t), false) => c.write("auth/token/lookup", &json!({ "token": t })).await,
+                (None, false) => c.lookup_self().await.map(Some),
+            }
+            .map_err(api("Error looking up token"))?;
+            let env =
+                env.ok_or_else(|| CliError::Msg("Error looking up token: empty answer".into()))?;
+            ctx.out.envelope(&env)
+        }
+        TokenCmd::Renew {
+            token,
+            increment,
+            accessor,
+        } => {
+            let mut body = Map::new();
+            if let Some(i) = &increment {
+                body.insert("increment".into(), json!(i));
+            }
+            let env = match (token, accessor) {
+                (Some(a), true) => {
+                    body.insert("accessor".into(), json!(a));
+                    c.write("auth/token/renew-accessor", &Value::Object(body))
+                        .await
+                }
+                (None, true) => {
+                    return Err(CliError::Usage(
+                        "-accessor needs an accessor argument".into(),
+                    ))
+                }
+                (Some(t), false) => {
+                    body.insert("token".into(), json!(t));
+                    c.write("auth/token/renew", &Value::Object(body)).await
+                }
+                (None, false) => c.renew_self(increment.as_deref()).await.map(Some),
+            }
+            .map_err(api("Error renewing token"))?;
+            let env =
+                env.ok_or_else(|| CliError::Msg("Error renewing token: empty answer".into()))?;
+            ctx.out.envelope(&env)
+        }
+        TokenCmd::Revoke {
+            token,
+            accessor,
+            self_,
+            mode,
+        } => {
+            let orphan = match mode.as_deref() {
+                None | Some("") | Some("path") => false,
+                Some("orphan") => true,
+                Some(m) => return Err(CliError::Usage(format!("unknown -mode {m:?}: use orphan"))),
+            };
+            let res = match (token, self_, accessor) {
+                (None, true, false) => c.write("auth/token/revoke-self", &json!({})).await,
+                (Some(a), false, true) => {
+                    c.write("auth/token/revoke-accessor", &json!({ "accessor": a }))
+                        .await
+                }
+                (Some(t), false, false) if orphan => {
+                    c.write("auth/token/revoke-orphan", &json!({ "token": t }))
+                        .await
+                }
+                (Some(t), false, false) => {
+                    c.write("auth/token/revoke", &json!({ "token": t })).await
+                }
+                _ => {
+                    return Err(CliError::Usage(
+                        "give exactly one of: TOKEN, -accessor ACCESSOR, -self".into(),
+                    ))
+                }
+            };
+            res.map_err(api("Error revoking token"))?;
+            outln!("Success! Revoked token (if it existed)");
+            Ok(())
+        }
+        TokenCmd::Capabilities { args } => {
+            let (token, path) = match args.as_slice() {
+                [p] => (None, p.clone()),
+                [t, p] => (Some(t.clone()), p.clone()),
+                _ => {
+                    return Err(CliError::Usage(
+                        "usage: tresor token capabilities [TOKEN] PATH".into(),
+                    ))
+                }
+            };
+            let env = match &token {
+                Some(t) => {
+                    c.write("sys/capabilities", &json!({ "token": t, "paths": [path] }))
+                        .await
+                }
+                None => {
+                    c.write("sys/capabilities-self", &json!({ "paths": [path] }))
+                        .await
+                }
+            }
+            .map_err(api("Error checking capabilities"))?;
+            let data = env.and_then(|e| e.data).unwrap_or(Value::Null);
+            let caps = data
+                .get(path.as_str())
+                .or_else(|| data.get("capabilities"))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            if ctx.out.is_json() {
+                return super::output::print_json(&caps);
+            }
+            let mut caps = caps;
+            caps.sort();
+            outln!(
+                "{}",
+                if caps.is_empty() {
+                    "deny".to_string()
+                } else {
+                    caps.join(", ")
+                }
+            );
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn login(ctx: &Ctx, a: LoginArgs) -> CmdResult {
+    if a.method == "token" {
+        let token = match a.token.as_deref() {
+            None | Some("-") => secret_prompt("Token (will be hidden): ")?,
+            Some(t) => t.to_string(),
+        };
+        // Verify before saving, so a typo does not replace a working token.
+        let env = ctx
+            .client
+            .with_token(&token)
+            .lookup_self()
+            .await
+            .map_err(api("Error authenticating"))?;
+        let rows = token_rows_from_lookup(&token, &env);
+        return finish_login(ctx, &token, a.no_store, &rows, &env);
+    }
+    let mount = a.path.clone().unwrap_or_else(|| a.method.clone());
+    let mut fields = a.fields.clone();
+    if let Some(t) = &a.token {
+        fields.insert(0, t.clone());
+    }
+    let mut body = Input::new(&mut std::io::stdin()).parse(&fields)?;
+    let path = match a.method.as_str() {
+        "userpass" | "ldap" | "okta" | "radius" => {
+            let user = body
+                .remove("username")
+                .and_then(|v| v.as_str().map(str::to_string))
+                .ok_or_else(|| {
+                    CliError::Usage(format!("-method={} needs username=NAME", a.method))
+                })?;
+            if !body.contains_key("password") {
+                body.insert(
+                    "password".into(),
+                    json!(secret_prompt("Password (will be hidden): ")?),
+                );
+            }
+            format!("auth/{}/login/{user}", mount.trim_matches('/'))
+        }
+        _ => format!("auth/{}/login", mount.trim_matches('/')),
+    };
+    let env = ctx
+        .client
+        .with_token("")
+        .write(&path, &Value::Object(body))
+        .await
+        .map_err(api("Error authenticating"))?
+        .ok_or_else(|| CliError::Msg("Error authenticating: empty answer".into()))?;
+    let auth = env
+        .auth
+        .clone()
+        .ok_or_else(|| CliError::Msg("Error authenticating: no auth in answer".into()))?;
+    let rows = super::output::secret_rows(&env);
+    finish_login(ctx, &auth.client_token, a.no_store, &rows, &env)
+}
+
+fn finish_login(
+    ctx: &Ctx,
+    token: &str,
+    no_store: bool,
+    rows: &BTreeMap<String, Value>,
+    env: &Envelope,
+) -> CmdResult {
+    if !no_store {
+        tresor_client::store_token(token)
+            .map_err(|e| CliError::Msg(format!("Error saving token: {e}")))?;
+    }
+    if let Some(f) = &ctx.out.field {
+        return super::output::print_field(rows, f);
+    }
+    if ctx.out.is_json() {
+        return super::output::print_json(env);
+    }
+    if no_store {
+        outln!("Success! You are now authenticated. The token was not stored (-no-store).\n");
+    } else {
+        outln!(
+            "Success! You are now authenticated. The token information displayed below\n\
+             is already stored in ~/.tresor-token. You do NOT need to run \"tresor login\"\n\
+             again. Future requests will automatically use this token.\n"
+        );
+    }
+    out!("{}", kv_table(rows));
+    Ok(())
+}
+
+/// The login table for a token checked with lookup-self (whose answer is
+/// token data, not an `auth` block).
+fn token_rows_from_lookup(token: &str, env: &Envelope) -> BTreeMap<String, Value> {
+    let d = env.data.clone().unwrap_or(Value::Null);
+    let get = |k: &str| d.get(k).cloned().unwrap_or(Value::Null);
+    let ttl = d.get("ttl").and_then(Value::as_u64).unwrap_or(0);
+    let mut rows = BTreeMap::new();
+    rows.insert("token".into(), json!(token));
+    rows.insert("token_accessor".into(), get("accessor"));
+    rows.insert(
+        "token_duration".into(),
+        json!(if ttl == 0 {
+            "∞".into()
+        } else {
+            fmt_duration(ttl)
+        }),
+    );
+    rows.insert(
+        "token_renewable".into(),
+        d.get("renewable").cloned().unwrap_or(json!(false)),
+    );
+    rows.insert(
+        "token_policies".into(),
+        d.get("policies").cloned().unwrap_or(json!([])),
+    );
+    rows.insert(
+        "identity_policies".into(),
+        d.get("identity_policies").cloned().unwrap_or(json!([])),
+    );
+    rows.insert(
+        "policies".into(),
+        d.get("policies").cloned().unwrap_or(json!([])),
+    );
+    if let Some(Value::Object(m)) = d.get("meta") {
+        for (k, v) in m {
+            rows.insert(format!("token_meta_{k}"), v.clone());
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_body_maps_vault_flags() {
+        let a = CreateArgs {
+            policy: vec!["a".into(), "b".into()],
+            ttl: Some("1h".into()),
+            explicit_max_ttl: None,
+            period: None,
+            num_uses: Some(3),
+            orphan: true,
+            no_default_policy: false,
+            display_name: None,
+            metadata: vec!["team=x".into()],
+            renewable: Some(false),
+            role: None,
+            token_type: None,
+            id: None,
+        };
+        assert_eq!(
+            create_body(&a).unwrap(),
+            json!({"policies": ["a", "b"], "ttl": "1h", "num_uses": 3, "no_parent": true, "renewable": false, "meta": {"team": "x"}})
+        );
+    }
+
+    #[test]
+    fn login_rows_from_lookup() {
+        let env = Envelope {
+            data: Some(
+                json!({"accessor": "acc", "ttl": 0, "policies": ["root"], "meta": {"a": "b"}}),
+            ),
+            ..Default::default()
+        };
+        let rows = token_rows_from_lookup("root", &env);
+        assert_eq!(rows["token"], json!("root"));
+        assert_eq!(rows["token_duration"], json!("∞"));
+        assert_eq!(rows["token_meta_a"], json!("b"));
+    }
+}

@@ -11,9 +11,9 @@ use crate::common::call_as as call;
 
 use std::sync::Arc;
 
+use crate::common::{dev, ROOT};
 use axum::routing::post;
 use axum::{Json, Router};
-use crate::common::{dev, ROOT};
 use rustls::pki_types::PrivatePkcs8KeyDer;
 use rustls::SignatureScheme;
 use serde_json::{json, Value};

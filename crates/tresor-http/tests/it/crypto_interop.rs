@@ -15,9 +15,9 @@ use crate::common::call_root as call;
 use std::path::Path;
 use std::process::Command;
 
+use crate::common::{client, dev};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use crate::common::{client, dev};
 use serde_json::{json, Value};
 
 const MESSAGE: &[u8] = b"tresor <-> openssl interop message\n";

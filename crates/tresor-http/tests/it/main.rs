@@ -1,11 +1,11 @@
 //! Integration tests of tresor-http, linked into one binary: one link of the
 //! whole dependency graph instead of one per file keeps CI's disk and time in bounds.
-mod common;
 mod api;
 mod auth_approle_userpass;
 mod auth_aws_cert;
 mod auth_jwt_k8s;
 mod aws_secrets_http;
+mod common;
 mod crypto_interop;
 mod database_http;
 mod pki_http;

@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-
 use crate::common::call_root as call;
 
 use crate::common::dev;

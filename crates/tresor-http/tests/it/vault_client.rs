@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-
 use std::collections::HashMap;
 
 use crate::common::{dev, uninitialized, ROOT};

@@ -7,8 +7,9 @@ use serde_json::{json, Value};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ApproleCmd {
-    /// Generate a new secret ID for ROLE and print only it; with
-    /// --destroy-old-accessor, destroy the previous one afterwards.
+    /// Generate a new secret ID for ROLE and print only it (with -wrap-ttl,
+    /// only the wrapping token); with --destroy-old-accessor, destroy the
+    /// previous one afterwards.
     RotateSecretId(RotateArgs),
 }
 
@@ -41,15 +42,32 @@ async fn rotate(ctx: &Ctx, a: RotateArgs) -> CmdResult {
             a.role
         )))?
         .ok_or_else(|| CliError::Msg("Error generating a secret ID: empty answer".into()))?;
-    let data = env.data.unwrap_or(Value::Null);
-    let secret_id = data["secret_id"].as_str().ok_or_else(|| {
-        CliError::Msg("Error generating a secret ID: no secret_id in the answer".into())
-    })?;
-    let new_accessor = data["secret_id_accessor"].as_str().unwrap_or_default();
+    // With -wrap-ttl the answer is a wrapping token around the secret ID:
+    // that token is what the script hands on, so it is what we print.
+    let printed = match &env.wrap_info {
+        Some(w) => w.token.clone(),
+        None => env
+            .data
+            .as_ref()
+            .and_then(|d| d.get("secret_id"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                CliError::Msg("Error generating a secret ID: no secret_id in the answer".into())
+            })?
+            .to_string(),
+    };
+    let new_accessor = env
+        .data
+        .as_ref()
+        .and_then(|d| d.get("secret_id_accessor"))
+        .and_then(Value::as_str)
+        .unwrap_or("(wrapped)")
+        .to_string();
     // The old secret ID goes only after the new one exists, so a failure
     // never leaves the application with none.
     if let Some(old) = &a.destroy_old_accessor {
         ctx.client
+            .without_wrap()
             .write(
                 &format!("{base}/secret-id-accessor/destroy"),
                 &json!({ "secret_id_accessor": old }),
@@ -59,6 +77,9 @@ async fn rotate(ctx: &Ctx, a: RotateArgs) -> CmdResult {
                 "Error destroying the old secret ID (the new one, accessor {new_accessor}, was created and not printed)"
             )))?;
     }
-    outln!("{secret_id}");
+    if ctx.out.structured() {
+        return ctx.out.envelope(&env);
+    }
+    outln!("{printed}");
     Ok(())
 }

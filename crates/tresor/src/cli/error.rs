@@ -33,8 +33,9 @@ impl CliError {
         }
     }
 
-    /// A follow-up line telling the user what to try, if we know one.
-    pub(crate) fn hint(&self, address: &str) -> Option<String> {
+    /// A follow-up line telling the user what to try, if we know one;
+    /// `has_token` says whether the request carried a token at all.
+    pub(crate) fn hint(&self, address: &str, has_token: bool) -> Option<String> {
         let Self::Api { source, .. } = self else {
             return None;
         };
@@ -45,6 +46,11 @@ impl CliError {
         }
         let errors = source.errors().join(" ").to_ascii_lowercase();
         match source.status()? {
+            403 if !has_token => Some(
+                "no token was sent: set TRESOR_TOKEN (or VAULT_TOKEN), or run tresor login \
+                 to save one in ~/.tresor-token"
+                    .into(),
+            ),
             403 if errors.contains("permission denied") || errors.is_empty() => Some(
                 "permission denied: check the token's policies (tresor token capabilities PATH), \
                  or log in again (tresor login); the token comes from TRESOR_TOKEN or ~/.tresor-token"
@@ -85,13 +91,17 @@ mod tests {
     #[test]
     fn hints_name_the_fix() {
         let h = api_err(403, "permission denied")
-            .hint("http://h")
+            .hint("http://h", true)
             .unwrap_or_default();
         assert!(h.contains("tresor token capabilities"));
+        let h = api_err(403, "permission denied")
+            .hint("http://h", false)
+            .unwrap_or_default();
+        assert!(h.contains("no token was sent"), "{h}");
         let h = api_err(503, "Vault is sealed")
-            .hint("http://h")
+            .hint("http://h", true)
             .unwrap_or_default();
         assert!(h.contains("tresor operator unseal"));
-        assert!(api_err(400, "bad").hint("http://h").is_none());
+        assert!(api_err(400, "bad").hint("http://h", true).is_none());
     }
 }

@@ -102,7 +102,9 @@ pub(crate) enum MetadataCmd {
         p: KvPath,
         #[arg(long)]
         max_versions: Option<u64>,
-        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        /// Bare or `=true`/`=false`, like a Go bool flag (a value needs `=`, so
+        /// the path after a bare flag is not taken for one).
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         cas_required: Option<bool>,
         /// Duration after which versions are deleted (e.g. 768h).
         #[arg(long)]
@@ -155,11 +157,31 @@ async fn resolve(ctx: &Ctx, p: &KvPath) -> Result<Target, CliError> {
         Some(m) => m.trim_matches('/').to_string(),
         None => p.path.trim_start_matches('/').to_string(),
     };
-    let info = ctx
-        .client
-        .mount_info(&probe)
-        .await
-        .map_err(api(format!("Error looking up the mount of {probe}")))?;
+    let info = ctx.client.mount_info(&probe).await.map_err(|e| {
+        if e.status() == Some(403) && ctx.client.token().is_some() {
+            // The server answers 403 both for "no mount there" and "this
+            // token may not see it"; a root token only ever gets the first.
+            let first = probe.split('/').next().unwrap_or_default();
+            CliError::Msg(format!(
+                "Error looking up the mount of {probe}: no KV secrets engine is mounted at \
+                 {first}/ (or above), or this token may not use it. \
+                 tresor secrets list shows the mounts."
+            ))
+        } else {
+            api(format!("Error looking up the mount of {probe}"))(e)
+        }
+    })?;
+    // `generic` is KV v1 under its old name; cubbyhole speaks KV v1 too,
+    // and vault's `kv` commands work on it.
+    if !matches!(
+        info.mount_type.as_str(),
+        "kv" | "generic" | "cubbyhole" | ""
+    ) {
+        return Err(CliError::Usage(format!(
+            "{} is a {} secrets engine, not KV: use tresor read/write/list on its paths",
+            info.path, info.mount_type
+        )));
+    }
     let (mount, rel) = match &p.mount {
         Some(m) => (
             m.trim_matches('/').to_string(),
@@ -236,9 +258,15 @@ pub(crate) async fn run(ctx: &Ctx, cmd: KvCmd) -> CmdResult {
                         "-cas is only supported on KV v2 mounts".into(),
                     ));
                 }
-                c.write(&shown, &body).await.map_err(api(ctx_msg))?;
-                outln!("Success! Data written to: {shown}");
-                Ok(())
+                match c.write(&shown, &body).await.map_err(api(ctx_msg))? {
+                    Some(env) if env.wrap_info.is_some() || ctx.out.is_json() => {
+                        ctx.out.envelope(&env)
+                    }
+                    _ => {
+                        output::written(&ctx.out, &shown);
+                        Ok(())
+                    }
+                }
             }
         }
         KvCmd::Patch { p, cas, data } => {
@@ -271,7 +299,7 @@ pub(crate) async fn run(ctx: &Ctx, cmd: KvCmd) -> CmdResult {
             c.kv2_undelete(&t.mount, &t.rel, &versions)
                 .await
                 .map_err(api(format!("Error writing data to {shown}")))?;
-            outln!("Success! Data written to: {shown}");
+            output::written(&ctx.out, &shown);
             Ok(())
         }
         KvCmd::Destroy { p, versions } => {
@@ -281,7 +309,7 @@ pub(crate) async fn run(ctx: &Ctx, cmd: KvCmd) -> CmdResult {
             c.kv2_destroy(&t.mount, &t.rel, &versions)
                 .await
                 .map_err(api(format!("Error writing data to {shown}")))?;
-            outln!("Success! Data written to: {shown}");
+            output::written(&ctx.out, &shown);
             Ok(())
         }
         KvCmd::List { p } => {
@@ -364,11 +392,7 @@ async fn metadata(ctx: &Ctx, cmd: MetadataCmd) -> CmdResult {
                     .collect();
                 vs.sort_by_key(|(n, _)| *n);
                 for (n, v) in vs {
-                    let rows = match v {
-                        Value::Object(o) => o.into_iter().collect(),
-                        _ => BTreeMap::new(),
-                    };
-                    blocks.push((format!("Version {n}"), kv_table(&rows)));
+                    blocks.push((format!("Version {n}"), kv_table(&metadata_rows(&v))));
                 }
             }
             out!("{}", sections(&blocks));
@@ -403,7 +427,7 @@ async fn metadata(ctx: &Ctx, cmd: MetadataCmd) -> CmdResult {
             c.kv2_metadata_put(&t.mount, &t.rel, &Value::Object(body))
                 .await
                 .map_err(api(format!("Error writing data to {shown}")))?;
-            outln!("Success! Data written to: {shown}");
+            output::written(&ctx.out, &shown);
             Ok(())
         }
         MetadataCmd::Delete { p } => {
@@ -471,7 +495,7 @@ fn print_kv_secret(ctx: &Ctx, t: &Target, env: &Envelope, shown: &str) -> CmdRes
 /// `kv put`/`kv patch` output on v2: the new version's metadata.
 fn print_written(ctx: &Ctx, env: Option<&Envelope>, shown: &str) -> CmdResult {
     let Some(env) = env else {
-        outln!("Success! Data written to: {shown}");
+        output::written(&ctx.out, shown);
         return Ok(());
     };
     if env.wrap_info.is_some() {

@@ -53,30 +53,67 @@ struct Cli {
 
 #[derive(Debug, clap::Args)]
 struct GlobalOpts {
-    /// Server address (falls back to VAULT_ADDR, then http://127.0.0.1:8200).
-    #[arg(long, global = true, env = "TRESOR_ADDR")]
+    /// Server address [default: TRESOR_ADDR, then VAULT_ADDR, then
+    /// http://127.0.0.1:8200].
+    // Not clap's `env`: it would take an empty TRESOR_ADDR over VAULT_ADDR;
+    // tresor-client's Settings::from_env skips empty variables.
+    #[arg(long, global = true)]
     address: Option<String>,
-    /// Output format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "table",
-        env = "TRESOR_FORMAT"
-    )]
-    format: Format,
+    /// Output format [default: TRESOR_FORMAT, then VAULT_FORMAT, then table].
+    #[arg(long, global = true, value_enum)]
+    format: Option<Format>,
     /// Print only this field's value.
     #[arg(long, global = true)]
     field: Option<String>,
-    /// PEM file of the CA that signed the server certificate.
+    /// PEM file of the CA that signed the server certificate (default:
+    /// TRESOR_CACERT, then VAULT_CACERT).
     #[arg(long, global = true)]
     ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate presented to the server, for cert auth and
+    /// listeners that require one (default: TRESOR_CLIENT_CERT, then
+    /// VAULT_CLIENT_CERT).
+    #[arg(long, global = true)]
+    client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of -client-cert (default: TRESOR_CLIENT_KEY, then
+    /// VAULT_CLIENT_KEY; may be omitted when the certificate file holds it).
+    #[arg(long, global = true)]
+    client_key: Option<std::path::PathBuf>,
     /// Do not verify the server's TLS certificate (testing only).
     #[arg(long, global = true)]
     tls_skip_verify: bool,
-    /// Wrap the answer in a single-use token valid this long (e.g. 5m).
-    #[arg(long, global = true, env = "TRESOR_WRAP_TTL")]
+    /// Wrap the answer in a single-use token valid this long, e.g. 5m
+    /// [default: TRESOR_WRAP_TTL, then VAULT_WRAP_TTL].
+    #[arg(long, global = true)]
     wrap_ttl: Option<String>,
+}
+
+/// `TRESOR_<name>`, else `VAULT_<name>`, ignoring empty values: shells
+/// set up for vault keep working.
+fn env_var(name: &str) -> Option<String> {
+    [format!("TRESOR_{name}"), format!("VAULT_{name}")]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .find(|v| !v.trim().is_empty())
+}
+
+impl GlobalOpts {
+    fn format(&self) -> Result<Format, CliError> {
+        if let Some(f) = self.format {
+            return Ok(f);
+        }
+        match env_var("FORMAT") {
+            None => Ok(Format::Table),
+            Some(v) => <Format as clap::ValueEnum>::from_str(v.trim(), true).map_err(|_| {
+                CliError::Usage(format!(
+                    "invalid output format {v:?} in TRESOR_FORMAT/VAULT_FORMAT: use table or json"
+                ))
+            }),
+        }
+    }
+
+    fn wrap_ttl(&self) -> Option<String> {
+        self.wrap_ttl.clone().or_else(|| env_var("WRAP_TTL"))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,13 +183,17 @@ pub(crate) struct Ctx {
 type CmdResult = Result<(), CliError>;
 
 pub(crate) fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(rewrite_args(std::env::args())) {
+    let cli = match Cli::try_parse_from(normalize_switches(rewrite_args(std::env::args()))) {
         Ok(c) => c,
         // clap exits 2 on usage errors and 0 for --help/--version.
         Err(e) => e.exit(),
     };
+    let format = match cli.global.format() {
+        Ok(f) => f,
+        Err(e) => return finish(Err(e), "", true),
+    };
     let out = Out {
-        format: cli.global.format,
+        format,
         field: cli.global.field.clone(),
     };
     match cli.command {
@@ -164,15 +205,16 @@ pub(crate) fn main() -> ExitCode {
             out!("{}", String::from_utf8_lossy(&buf));
             ExitCode::SUCCESS
         }
-        Command::Policy(policy::PolicyCmd::Fmt(args)) => finish(policy::fmt(&args), ""),
+        Command::Policy(policy::PolicyCmd::Fmt(args)) => finish(policy::fmt(&args), "", true),
         command => {
             let client = match settings(&cli.global)
                 .and_then(|s| Client::from_settings(s).map_err(CliError::from_client))
             {
                 Ok(c) => c,
-                Err(e) => return finish(Err(e), ""),
+                Err(e) => return finish(Err(e), "", true),
             };
             let address = client.address().to_string();
+            let has_token = client.token().is_some();
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -182,16 +224,17 @@ pub(crate) fn main() -> ExitCode {
                     return finish(
                         Err(CliError::Msg(format!("starting runtime: {e}"))),
                         &address,
+                        has_token,
                     )
                 }
             };
-            let client = match &cli.global.wrap_ttl {
+            let client = match &cli.global.wrap_ttl() {
                 Some(w) => client.with_wrap_ttl(w),
                 None => client,
             };
             let ctx = Ctx { client, out };
             let res = rt.block_on(dispatch(&ctx, command));
-            finish(res, &address)
+            finish(res, &address, has_token)
         }
     }
 }
@@ -209,6 +252,17 @@ fn settings(g: &GlobalOpts) -> Result<Settings, CliError> {
     }
     if let Some(c) = &g.ca_cert {
         s.ca_cert = Some(c.clone());
+    }
+    if let Some(c) = &g.client_cert {
+        s.client_cert = Some(c.clone());
+    }
+    if let Some(k) = &g.client_key {
+        s.client_key = Some(k.clone());
+    }
+    if s.client_key.is_some() && s.client_cert.is_none() {
+        return Err(CliError::Usage(
+            "-client-key needs -client-cert (or TRESOR_CLIENT_CERT / VAULT_CLIENT_CERT)".into(),
+        ));
     }
     s.skip_verify |= g.tls_skip_verify;
     Ok(s)
@@ -240,13 +294,13 @@ async fn dispatch(ctx: &Ctx, command: Command) -> CmdResult {
     }
 }
 
-fn finish(res: CmdResult, address: &str) -> ExitCode {
+fn finish(res: CmdResult, address: &str, has_token: bool) -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if !matches!(e, CliError::Exit(_)) {
                 eprintln!("{e}");
-                if let Some(h) = e.hint(address) {
+                if let Some(h) = e.hint(address, has_token) {
                     eprintln!("\n{h}");
                 }
             }
@@ -283,9 +337,128 @@ fn rewrite_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
     out
 }
 
+/// Go's flag package, which vault's CLI is built on, takes `-orphan=true`
+/// and `-orphan=false` for a boolean flag, and scripts use both; clap's
+/// switches take no value. So a switch of the command the arguments select
+/// given `=true` (or Go's other spellings) becomes the bare switch, and
+/// one given `=false` is dropped. Runs after [`rewrite_args`].
+fn normalize_switches(args: Vec<String>) -> Vec<String> {
+    let mut root = Cli::command();
+    // Propagates the global flags into every subcommand.
+    root.build();
+    let mut cur = &root;
+    let mut out = Vec::with_capacity(args.len());
+    let mut passthrough = false;
+    for (i, a) in args.into_iter().enumerate() {
+        if i == 0 || passthrough {
+            out.push(a);
+            continue;
+        }
+        if a == "--" {
+            passthrough = true;
+            out.push(a);
+            continue;
+        }
+        if let Some((name, value)) = a.strip_prefix("--").and_then(|b| b.split_once('=')) {
+            let switch = cur.get_arguments().any(|arg| {
+                arg.get_long() == Some(name) && matches!(arg.get_action(), clap::ArgAction::SetTrue)
+            });
+            match (switch, go_bool(value)) {
+                (true, Some(true)) => {
+                    out.push(format!("--{name}"));
+                    continue;
+                }
+                (true, Some(false)) => continue,
+                _ => {}
+            }
+        } else if !a.starts_with('-') {
+            if let Some(sub) = cur.find_subcommand(&a) {
+                cur = sub;
+            }
+        }
+        out.push(a);
+    }
+    out
+}
+
+/// Go's `strconv.ParseBool`.
+fn go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn norm(a: &[&str]) -> Vec<String> {
+        normalize_switches(rw(a))
+    }
+
+    #[test]
+    fn switches_take_go_style_boolean_values() {
+        assert_eq!(
+            norm(&[
+                "tresor",
+                "token",
+                "create",
+                "-orphan=true",
+                "-no-default-policy=false",
+                "-policy=a"
+            ]),
+            ["tresor", "token", "create", "--orphan", "--policy=a"]
+        );
+        // Global switches, in a subcommand too.
+        assert_eq!(
+            norm(&[
+                "tresor",
+                "-tls-skip-verify=1",
+                "kv",
+                "get",
+                "-tls-skip-verify=false",
+                "secret/x"
+            ]),
+            ["tresor", "--tls-skip-verify", "kv", "get", "secret/x"]
+        );
+        // Flags that take values, and values after `--`, are left alone.
+        assert_eq!(
+            norm(&[
+                "tresor",
+                "kv",
+                "metadata",
+                "put",
+                "-cas-required=false",
+                "secret/x"
+            ]),
+            [
+                "tresor",
+                "kv",
+                "metadata",
+                "put",
+                "--cas-required=false",
+                "secret/x"
+            ]
+        );
+        assert_eq!(
+            norm(&["tresor", "write", "-force=true", "p", "--", "--force=true"]),
+            ["tresor", "write", "--force", "p", "--", "--force=true"]
+        );
+        let c = Cli::try_parse_from(norm(&["tresor", "login", "-no-store=true", "tok"]));
+        assert!(c.is_ok(), "{c:?}");
+        // A bare optional-value switch does not swallow the path after it.
+        let c = Cli::try_parse_from(norm(&[
+            "tresor",
+            "kv",
+            "metadata",
+            "put",
+            "-cas-required",
+            "secret/x",
+        ]));
+        assert!(c.is_ok(), "{c:?}");
+    }
 
     fn rw(a: &[&str]) -> Vec<String> {
         rewrite_args(a.iter().map(|s| s.to_string()))
@@ -349,7 +522,7 @@ mod tests {
         ]));
         assert!(c.is_ok());
         let c = Cli::try_parse_from(rw(&["tresor", "-format=json", "status"])).unwrap();
-        assert_eq!(c.global.format, Format::Json);
+        assert_eq!(c.global.format, Some(Format::Json));
         let c = Cli::try_parse_from(rw(&["tresor", "server", "-dev", "-dev-root-token-id=root"]));
         assert!(c.is_ok());
         let c = Cli::try_parse_from(rw(&[

@@ -72,6 +72,20 @@ impl Out {
     pub(crate) fn is_json(&self) -> bool {
         self.format == Format::Json
     }
+
+    /// True when the user asked for `-format=json` or `-field`: commands
+    /// that print one bare value by default render the answer instead.
+    pub(crate) fn structured(&self) -> bool {
+        self.is_json() || self.field.is_some()
+    }
+}
+
+/// "Success! Data written to: PATH" for a write that answered nothing;
+/// vault prints it only as a table, so `-format=json | jq` sees no prose.
+pub(crate) fn written(out: &Out, path: &str) {
+    if !out.is_json() {
+        outln!("Success! Data written to: {path}");
+    }
 }
 
 pub(crate) fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<(), CliError> {

@@ -9,7 +9,8 @@ use super::{CmdResult, Ctx};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum PasswordCmd {
-    /// Generate a password from a password policy; prints only the password.
+    /// Generate a password from a password policy; prints only the password
+    /// (the API's answer with -format=json).
     Generate {
         /// Name of the policy (sys/policies/password/<policy>).
         policy: String,
@@ -29,9 +30,11 @@ pub(crate) async fn run(ctx: &Ctx, cmd: PasswordCmd) -> CmdResult {
             let env = ctx.client.read(&path).await.map_err(api(format!(
                 "Error generating a password from policy {name}"
             )))?;
-            let password = env
-                .as_ref()
-                .and_then(|e| e.data.as_ref())
+            let data = env.as_ref().and_then(|e| e.data.as_ref());
+            if let (true, Some(d)) = (ctx.out.structured(), data) {
+                return ctx.out.object(d);
+            }
+            let password = data
                 .and_then(|d| d.get("password"))
                 .and_then(Value::as_str)
                 .ok_or_else(|| {

@@ -22,8 +22,14 @@ pub(crate) struct LoginArgs {
     /// Do not save the token in ~/.tresor-token.
     #[arg(long)]
     no_store: bool,
+    /// Save the token but do not display it.
+    #[arg(long)]
+    no_print: bool,
+    /// Print only the token, and do not save it (-field=token -no-store).
+    #[arg(long)]
+    token_only: bool,
     /// Extra k=v login fields (username=..., password=..., role_id=...).
-    #[arg(trailing_var_arg = true)]
+    /// Flags may come after them (`login -method=approle role_id=.. -no-store`).
     fields: Vec<String>,
 }
 
@@ -90,7 +96,8 @@ pub(crate) struct CreateArgs {
     /// k=v, repeatable.
     #[arg(long)]
     metadata: Vec<String>,
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    /// Bare or `=true`/`=false`, like a Go bool flag.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     renewable: Option<bool>,
     /// Create against a token role.
     #[arg(long)]
@@ -300,9 +307,20 @@ pub(crate) async fn login(ctx: &Ctx, a: LoginArgs) -> CmdResult {
             .with_token(&token)
             .lookup_self()
             .await
-            .map_err(api("Error authenticating"))?;
+            .map_err(|e| {
+                if e.status() == Some(403) {
+                    // The only reason lookup-self refuses a token.
+                    CliError::Msg(
+                        "Error authenticating: the token is not valid (mistyped, expired or \
+                         revoked); nothing was saved"
+                            .into(),
+                    )
+                } else {
+                    api("Error authenticating")(e)
+                }
+            })?;
         let rows = token_rows_from_lookup(&token, &env);
-        return finish_login(ctx, &token, a.no_store, &rows, &env);
+        return finish_login(ctx, &a, &token, &rows, &env);
     }
     let mount = a.path.clone().unwrap_or_else(|| a.method.clone());
     let mut fields = a.fields.clone();
@@ -340,19 +358,28 @@ pub(crate) async fn login(ctx: &Ctx, a: LoginArgs) -> CmdResult {
         .clone()
         .ok_or_else(|| CliError::Msg("Error authenticating: no auth in answer".into()))?;
     let rows = super::output::secret_rows(&env);
-    finish_login(ctx, &auth.client_token, a.no_store, &rows, &env)
+    finish_login(ctx, &a, &auth.client_token, &rows, &env)
 }
 
 fn finish_login(
     ctx: &Ctx,
+    a: &LoginArgs,
     token: &str,
-    no_store: bool,
     rows: &BTreeMap<String, Value>,
     env: &Envelope,
 ) -> CmdResult {
+    // Vault: -token-only is a shortcut for -field=token -no-store.
+    if a.token_only {
+        outln!("{token}");
+        return Ok(());
+    }
+    let no_store = a.no_store;
     if !no_store {
         tresor_client::store_token(token)
             .map_err(|e| CliError::Msg(format!("Error saving token: {e}")))?;
+    }
+    if a.no_print {
+        return Ok(());
     }
     if let Some(f) = &ctx.out.field {
         return super::output::print_field(rows, f);

@@ -12,9 +12,11 @@ use super::{CmdResult, Ctx};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TransitCmd {
-    /// Encrypt text with a named key; prints the ciphertext (vault:v1:...).
+    /// Encrypt text with a named key; prints the ciphertext (vault:v1:...),
+    /// or the API's answer with -format=json.
     Encrypt(EncryptArgs),
-    /// Decrypt a ciphertext with a named key; prints the text.
+    /// Decrypt a ciphertext with a named key; prints the text, or the API's
+    /// answer (base64 plaintext) with -format=json.
     Decrypt(DecryptArgs),
 }
 
@@ -61,6 +63,9 @@ pub(crate) async fn run(ctx: &Ctx, cmd: TransitCmd) -> CmdResult {
                 &format!("Error encrypting with key {}", a.key),
             )
             .await?;
+            if ctx.out.structured() {
+                return ctx.out.object(&data);
+            }
             let ct = field(&data, "ciphertext")?;
             outln!("{ct}");
             Ok(())
@@ -78,6 +83,10 @@ pub(crate) async fn run(ctx: &Ctx, cmd: TransitCmd) -> CmdResult {
                 &format!("Error decrypting with key {}", a.key),
             )
             .await?;
+            // -format=json and -field show the API's answer (base64 plaintext).
+            if ctx.out.structured() {
+                return ctx.out.object(&data);
+            }
             let bytes = B64.decode(field(&data, "plaintext")?).map_err(|_| {
                 CliError::Msg("the server answered a plaintext that is not base64".into())
             })?;

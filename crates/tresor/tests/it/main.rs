@@ -1,5 +1,6 @@
 //! Integration tests of tresor, linked into one binary: one link of the
 //! whole dependency graph instead of one per file keeps CI's disk and time in bounds.
 mod canary;
+mod cli;
 mod common;
 mod crash;

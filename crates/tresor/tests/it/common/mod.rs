@@ -48,10 +48,14 @@ pub async fn start(args: &[&str], port: u16, log: &Path) -> Server {
         .open(log)
         .expect("log");
     let err = out.try_clone().expect("log");
+    // A dev server saves its root token in ~/.tresor-token: keep that in
+    // the test's directory, not the home of whoever runs the tests.
+    let home = log.parent().unwrap_or(Path::new("."));
     let mut child = Command::new(env!("CARGO_BIN_EXE_tresor"))
         .arg("server")
         .args(args)
         .env("TRESOR_LOG", "debug")
+        .env("HOME", home)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)

@@ -305,6 +305,26 @@ impl TokenFields {
     }
 }
 
+/// Vault's pre-`tokenutil` names for `token_ttl` and `token_max_ttl`, which
+/// AWS, userpass and cert roles still accept (hvac's `create_role(ttl=..,
+/// max_ttl=..)` sends them). `TokenFields` maps `policies`, `period` and
+/// `bound_cidrs` itself.
+pub const LEGACY_TTL_NAMES: &[(&str, &str)] = &[("ttl", "token_ttl"), ("max_ttl", "token_max_ttl")];
+
+/// A copy of the request in which each legacy name of `names` (old, new)
+/// fills its `token_` field when the request does not carry that field; so
+/// the `token_` name wins, and among legacy names for the same field the
+/// earlier one in `names` wins.
+pub fn with_legacy_names(req: &Request, names: &[(&str, &str)]) -> Request {
+    let mut r = req.clone();
+    for (old, new) in names {
+        if let Some(v) = r.data.get(*old).cloned() {
+            r.data.entry((*new).to_string()).or_insert(v);
+        }
+    }
+    r
+}
+
 /// Policy names as Vault keeps them: trimmed, lower case, sorted, unique.
 pub fn normalize_policies(list: &[String]) -> Vec<String> {
     let mut v: Vec<String> = list
@@ -403,6 +423,29 @@ mod tests {
             .merge_update(&req(json!({"token_num_uses": "x"})))
             .expect_err("bad uint");
         assert!(e.to_string().contains("token_num_uses"), "{e}");
+    }
+
+    #[test]
+    fn legacy_ttl_names_fill_absent_token_fields() {
+        let mut t = TokenFields::default();
+        let r = req(json!({"ttl": "1h", "max_ttl": 7200}));
+        t.merge_update(&with_legacy_names(&r, LEGACY_TTL_NAMES))
+            .expect("merge");
+        assert_eq!(t.token_ttl, Duration::from_secs(3600));
+        assert_eq!(t.token_max_ttl, Duration::from_secs(7200));
+        let r = req(json!({"ttl": "1h", "token_ttl": "10m", "lease": 60}));
+        let names = [("ttl", "token_ttl"), ("lease", "token_ttl")];
+        t.merge_update(&with_legacy_names(&r, &names))
+            .expect("merge");
+        assert_eq!(t.token_ttl, Duration::from_secs(600), "token_ name wins");
+        let r = req(json!({"ttl": "2m", "lease": 60}));
+        t.merge_update(&with_legacy_names(&r, &names))
+            .expect("merge");
+        assert_eq!(
+            t.token_ttl,
+            Duration::from_secs(120),
+            "earlier legacy name wins"
+        );
     }
 
     #[test]

@@ -36,7 +36,9 @@ use tresor_sdk::{
 use zeroize::Zeroizing;
 
 use super::lockout::Lockout;
-use super::token_fields::{ip_allowed, normalize_policies, TokenFields};
+use super::token_fields::{
+    ip_allowed, normalize_policies, with_legacy_names, TokenFields, LEGACY_TTL_NAMES,
+};
 
 const USER_PREFIX: &str = "user/";
 /// Every login failure answers this (unknown user, wrong password, lockout).
@@ -349,7 +351,8 @@ impl UserPass {
                 }
             }
         };
-        user.token.merge_update(req)?;
+        user.token
+            .merge_update(&with_legacy_names(req, LEGACY_TTL_NAMES))?;
         if let Some(pw) = pw {
             user.password_hash = self.hash(pw).await?;
         }

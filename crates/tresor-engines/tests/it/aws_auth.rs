@@ -541,3 +541,49 @@ async fn role_and_config_validation() {
         .unauthenticated
         .contains(&"login".to_string()));
 }
+
+/// hvac's `auth.aws.create_role(ttl=.., max_ttl=..)` was ignored: the role
+/// kept the mount's TTLs. Needs no AWS: glob binding, no ID resolution.
+#[tokio::test]
+async fn role_accepts_legacy_ttl_max_ttl_policies_period() {
+    let b = AwsAuth::new();
+    let s = MemoryStorage::new();
+    call(
+        &b,
+        &s,
+        Operation::Create,
+        "role/legacy",
+        json!({
+            "auth_type": "iam", "bound_iam_principal_arn": "arn:aws:iam::123456789012:role/app-*",
+            "resolve_aws_unique_ids": false,
+            "ttl": "30m", "max_ttl": "2h", "policies": "a,b", "period": "1h",
+        }),
+    )
+    .await
+    .unwrap();
+    let read = || async {
+        call(&b, &s, Operation::Read, "role/legacy", json!({}))
+            .await
+            .unwrap()
+            .unwrap()
+            .data
+            .unwrap()
+    };
+    let d = read().await;
+    assert_eq!(d["token_ttl"], json!(1800));
+    assert_eq!(d["token_max_ttl"], json!(7200));
+    assert_eq!(d["token_policies"], json!(["a", "b"]));
+    assert_eq!(d["token_period"], json!(3600));
+    call(
+        &b,
+        &s,
+        Operation::Update,
+        "role/legacy",
+        json!({"max_ttl": "3h", "token_max_ttl": "4h"}),
+    )
+    .await
+    .unwrap();
+    let d = read().await;
+    assert_eq!(d["token_max_ttl"], json!(4 * 3600), "token_ name wins");
+    assert_eq!(d["token_ttl"], json!(1800), "absent fields are kept");
+}

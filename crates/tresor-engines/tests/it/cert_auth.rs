@@ -353,3 +353,81 @@ async fn san_ou_and_extension_constraints_and_input_errors() {
     .unwrap_err();
     assert!(e.to_string().contains("disable_binding"), "{e}");
 }
+
+/// hvac's `create_ca_certificate_role(ttl=.., max_ttl=..)` and older
+/// clients' `lease` were ignored: the role kept the mount's TTLs.
+#[tokio::test]
+async fn cert_role_accepts_legacy_ttl_max_ttl_and_lease() {
+    let root = ca("Legacy Root");
+    let s = MemoryStorage::new();
+    let b = CertAuth::new();
+    let read = |name: &'static str| {
+        let (b, s) = (&b, &s);
+        async move {
+            call(b, s, Operation::Read, &format!("certs/{name}"), json!({}))
+                .await
+                .unwrap()
+                .unwrap()
+                .data
+                .unwrap()
+        }
+    };
+    call(&b, &s, Operation::Create, "certs/legacy", json!({
+        "certificate": root.cert.pem(), "ttl": "10m", "max_ttl": "1h", "policies": "p", "period": 0,
+    }))
+    .await
+    .unwrap();
+    let d = read("legacy").await;
+    assert_eq!(d["token_ttl"], json!(600));
+    assert_eq!(d["token_max_ttl"], json!(3600));
+    assert_eq!(d["token_policies"], json!(["p"]));
+    let auth = login(&b, &s, chain(&[&leaf(&root, "x", 40)]), "legacy")
+        .await
+        .unwrap();
+    assert_eq!(auth.lease.ttl, std::time::Duration::from_secs(600));
+    assert_eq!(auth.lease.max_ttl, std::time::Duration::from_secs(3600));
+
+    // `lease` (seconds) counts only when neither token_ttl nor ttl is given.
+    call(
+        &b,
+        &s,
+        Operation::Create,
+        "certs/lease",
+        json!({
+            "certificate": root.cert.pem(), "lease": 120,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read("lease").await["token_ttl"], json!(120));
+    call(
+        &b,
+        &s,
+        Operation::Update,
+        "certs/lease",
+        json!({ "lease": 60, "ttl": 90 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read("lease").await["token_ttl"], json!(90));
+    call(
+        &b,
+        &s,
+        Operation::Update,
+        "certs/lease",
+        json!({ "ttl": 90, "token_ttl": 30 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read("lease").await["token_ttl"], json!(30));
+    let e = call(
+        &b,
+        &s,
+        Operation::Update,
+        "certs/lease",
+        json!({ "ttl": "2h", "max_ttl": "1h" }),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("token_max_ttl"), "{e}");
+}

@@ -21,7 +21,10 @@ use mysql_async::prelude::Queryable;
 use serde_json::{json, Value};
 use tresor_engines::secrets::database::Database;
 use tresor_sdk::testing::{req, MemoryStorage};
-use tresor_sdk::{Backend, BackendError, Operation, Response, Secret, SystemView};
+use tresor_sdk::{
+    Backend, BackendError, Operation, Response, Secret, Storage, StorageError, StorageExt,
+    SystemView,
+};
 
 /// Passwords with the characters that break naive quoting.
 struct Sys;
@@ -986,6 +989,209 @@ async fn redis_acl_users() {
 
     redis::cmd("ACL")
         .arg(&["DELUSER", &admin, &static_user])
+        .query_async::<()>(&mut sup)
+        .await
+        .unwrap();
+}
+
+// --- Interrupted root rotation -------------------------------------------------
+
+/// Memory storage whose writes to one key fail after `allow` more succeed
+/// (`allow` < 0: never), as a storage outage between two writes would.
+struct FlakyStorage {
+    inner: MemoryStorage,
+    key: String,
+    allow: std::sync::atomic::AtomicI64,
+}
+
+#[async_trait]
+impl Storage for FlakyStorage {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        if key == self.key {
+            match self.allow.load(Ordering::SeqCst) {
+                0 => return Err(StorageError::Backend("injected failure".into())),
+                n if n > 0 => {
+                    self.allow.fetch_sub(1, Ordering::SeqCst);
+                }
+                _ => {}
+            }
+        }
+        self.inner.put(key, value).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.inner.list(prefix).await
+    }
+    async fn batch(&self, ops: Vec<tresor_sdk::StorageOp>) -> Result<(), StorageError> {
+        self.inner.batch(ops).await
+    }
+}
+
+/// rotate-root changed the password in PostgreSQL and then stored it; when
+/// that store failed the new root password was lost. Now it is stored as
+/// pending first, and adopted after a restart.
+#[tokio::test]
+async fn postgres_root_rotation_survives_a_failed_store() {
+    let Some(f) = PgFixture::new().await else {
+        return;
+    };
+    let s = FlakyStorage {
+        inner: MemoryStorage::new(),
+        key: "config/pg".into(),
+        allow: (-1).into(),
+    };
+    let b = Database::new(Arc::new(Sys));
+    b.handle(&req(Operation::Update, "config/pg").body(f.config()), &s)
+        .await
+        .unwrap();
+
+    // The pending write succeeds, the final one fails.
+    s.allow.store(1, std::sync::atomic::Ordering::SeqCst);
+    b.handle(&req(Operation::Update, "rotate-root/pg"), &s)
+        .await
+        .expect_err("the final store fails");
+    s.allow.store(-1, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        !scram_matches(&f.sup, &f.admin, &f.admin_pw).await,
+        "the database has a new root password"
+    );
+    let stored: Value = s.inner.get_json("config/pg").await.unwrap().unwrap();
+    assert_eq!(stored["password"], f.admin_pw.as_str());
+    let pending = stored["pending_password"]
+        .as_str()
+        .expect("new password kept as pending")
+        .to_string();
+    assert!(scram_matches(&f.sup, &f.admin, &pending).await);
+
+    // After a restart, periodic adopts it.
+    let b = Database::new(Arc::new(Sys));
+    b.periodic(&s).await.unwrap();
+    let stored: Value = s.inner.get_json("config/pg").await.unwrap().unwrap();
+    assert_eq!(stored["password"], pending.as_str());
+    assert!(stored.get("pending_password").is_none(), "{stored}");
+
+    // And the next rotation starts from the adopted password.
+    b.handle(&req(Operation::Update, "rotate-root/pg"), &s)
+        .await
+        .unwrap();
+    let stored: Value = s.inner.get_json("config/pg").await.unwrap().unwrap();
+    let now = stored["password"].as_str().unwrap();
+    assert_ne!(now, pending);
+    assert!(scram_matches(&f.sup, &f.admin, now).await);
+    assert!(stored.get("pending_password").is_none(), "{stored}");
+    f.drop_all().await;
+}
+
+/// A root rotation interrupted with its new password only stored as
+/// pending is settled by what the server takes (Redis checks passwords,
+/// unlike the trusting PostgreSQL here): adopted when the server has it,
+/// dropped when the server still has the old one.
+#[tokio::test]
+async fn redis_interrupted_root_rotation_is_settled_by_what_the_server_takes() {
+    let mut sup = match redis::Client::open("redis://127.0.0.1:6379/") {
+        Ok(c) => match c.get_multiplexed_async_connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("Redis not reachable on 127.0.0.1:6379 ({e}); skipping");
+                return;
+            }
+        },
+        Err(e) => panic!("{e}"),
+    };
+    let admin = format!("tresor_admin_{}", rand_str(8));
+    let set_admin_pw = |pw: String| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg(&[
+            "SETUSER",
+            &admin,
+            "on",
+            "resetpass",
+            &format!(">{pw}"),
+            "~*",
+            "&*",
+            "+@all",
+        ]);
+        cmd
+    };
+    let pw0 = format!("adm-{}", rand_str(12));
+    set_admin_pw(pw0.clone())
+        .query_async::<()>(&mut sup)
+        .await
+        .unwrap();
+    let env = Env::new();
+    env.write(
+        "config/r",
+        json!({
+            "plugin_name": "redis-database-plugin", "host": "127.0.0.1", "port": 6379,
+            "username": admin, "password": pw0, "allowed_roles": "*",
+        }),
+    )
+    .await
+    .unwrap();
+    env.write(
+        "roles/ro",
+        json!({"db_name": "r", "creation_statements": "[\"+@read\", \"~*\"]"}),
+    )
+    .await
+    .unwrap();
+    async fn set_pending(s: &MemoryStorage, pending: &str) {
+        let mut c: Value = s.get_json("config/r").await.unwrap().unwrap();
+        c["pending_password"] = json!(pending);
+        s.put_json("config/r", &c).await.unwrap();
+    }
+    async fn stored(s: &MemoryStorage) -> Value {
+        s.get_json("config/r").await.unwrap().unwrap()
+    }
+
+    // Stopped after the server took the new password: periodic adopts it.
+    let pw1 = format!("adm-{}", rand_str(12));
+    set_pending(&env.s, &pw1).await;
+    set_admin_pw(pw1.clone())
+        .query_async::<()>(&mut sup)
+        .await
+        .unwrap();
+    let env = Env {
+        b: Database::new(Arc::new(Sys)),
+        s: env.s,
+    };
+    env.b.periodic(&env.s).await.unwrap();
+    let c = stored(&env.s).await;
+    assert_eq!(c["password"], pw1.as_str());
+    assert!(c.get("pending_password").is_none(), "{c}");
+
+    // Stopped before the server changed: the next use drops the pending
+    // password and keeps working with the current one.
+    set_pending(&env.s, "never-set").await;
+    let env = Env {
+        b: Database::new(Arc::new(Sys)),
+        s: env.s,
+    };
+    let (user, pw, secret) = env.creds("ro").await;
+    redis_login(&user, &pw).await.expect("creds still work");
+    let c = stored(&env.s).await;
+    assert_eq!(c["password"], pw1.as_str());
+    assert!(c.get("pending_password").is_none(), "{c}");
+    env.lease_op(Operation::Revoke, "ro", &secret)
+        .await
+        .unwrap();
+
+    // A full rotation leaves nothing pending and the server agrees.
+    env.write("rotate-root/r", json!({})).await.unwrap();
+    let c = stored(&env.s).await;
+    assert!(c.get("pending_password").is_none(), "{c}");
+    assert!(redis_login(&admin, &pw1).await.is_err());
+    redis_login(&admin, c["password"].as_str().unwrap())
+        .await
+        .expect("stored root password works");
+
+    redis::cmd("ACL")
+        .arg(&["DELUSER", &admin])
         .query_async::<()>(&mut sup)
         .await
         .unwrap();

@@ -1085,3 +1085,110 @@ async fn stored_keys_are_not_plaintext_json_of_inputs() {
     assert!(!String::from_utf8_lossy(&raw).contains("needle"));
     let _ = t.s.inner.len();
 }
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    B64.decode(body).expect("pem base64")
+}
+
+fn sig_bytes(v: &Value) -> Vec<u8> {
+    let s = v.as_str().expect("signature");
+    B64.decode(s.strip_prefix("vault:v1:").expect("prefix"))
+        .expect("base64")
+}
+
+/// An ecdsa-p384 key signed nothing without `hash_algorithm`: Vault's
+/// default sha2-256 was refused. Now P-384 defaults to sha2-384 (P-256 and
+/// P-521 keep sha2-256), and a refused hash names the supported ones.
+#[tokio::test]
+async fn ecdsa_p384_signs_without_hash_algorithm() {
+    use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P384_SHA384_ASN1};
+    let t = T::new();
+    let input = b64("p384 message");
+    t.key("p384", json!({"type": "ecdsa-p384"})).await;
+    let out = t.write("sign/p384", json!({ "input": input })).await;
+    for body in [
+        json!({"input": input, "signature": out["signature"]}),
+        json!({"input": input, "signature": out["signature"], "hash_algorithm": "sha2-384"}),
+    ] {
+        assert_eq!(t.write("verify/p384", body).await["valid"], true);
+    }
+    // Anyone with the public key checks it as ECDSA P-384 over SHA-384.
+    let spki = pem_der(
+        t.read("export/public-key/p384").await.unwrap()["keys"]["1"]
+            .as_str()
+            .unwrap(),
+    );
+    let point = &spki[spki.len() - 97..];
+    UnparsedPublicKey::new(&ECDSA_P384_SHA384_ASN1, point)
+        .verify(b"p384 message", &sig_bytes(&out["signature"]))
+        .expect("sha2-384 signature");
+    let msg = t
+        .refused(
+            Operation::Update,
+            "sign/p384",
+            json!({"input": input, "hash_algorithm": "sha2-256"}),
+        )
+        .await;
+    assert!(msg.contains("sha2-384"), "{msg}");
+
+    // P-521 keeps Vault's default, sha2-256.
+    t.key("p521", json!({"type": "ecdsa-p521"})).await;
+    let out = t.write("sign/p521", json!({ "input": input })).await;
+    let ok = t
+        .write(
+            "verify/p521",
+            json!({"input": input, "signature": out["signature"], "hash_algorithm": "sha2-256"}),
+        )
+        .await;
+    assert_eq!(ok["valid"], true);
+}
+
+/// Vault signs RSA-PSS with the largest salt (Go's `PSSSaltLengthAuto`)
+/// and verifies any salt length; tresor verified only a digest-length
+/// salt, so signatures made by Vault with the same key did not verify.
+#[tokio::test]
+async fn rsa_pss_verify_accepts_vaults_max_length_salt() {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::rsa::KeyPair as RsaKeyPair;
+    use aws_lc_rs::signature::{RsaPssSaltLength, RsaSignatureEncoding, RSA_PSS_SHA256};
+    static PSS_MAX: RsaSignatureEncoding =
+        RSA_PSS_SHA256.with_pss_salt_length(RsaPssSaltLength::Max);
+    let t = T::new();
+    t.key("rsa", json!({"type": "rsa-2048", "exportable": true}))
+        .await;
+    let pkcs8 = pem_der(
+        t.read("export/signing-key/rsa").await.unwrap()["keys"]["1"]
+            .as_str()
+            .unwrap(),
+    );
+    let kp = RsaKeyPair::from_pkcs8(&pkcs8).unwrap();
+    let mut sig = vec![0u8; kp.public_modulus_len()];
+    kp.sign(&PSS_MAX, &SystemRandom::new(), b"vault made this", &mut sig)
+        .unwrap();
+    let signature = format!("vault:v1:{}", B64.encode(&sig));
+    let input = b64("vault made this");
+    let ok = t
+        .write(
+            "verify/rsa",
+            json!({"input": input, "signature": signature}),
+        )
+        .await;
+    assert_eq!(ok["valid"], true);
+    let bad = t
+        .write(
+            "verify/rsa",
+            json!({"input": b64("something else"), "signature": signature}),
+        )
+        .await;
+    assert_eq!(bad["valid"], false);
+    // Its own digest-length signatures still verify.
+    let own = t.write("sign/rsa", json!({ "input": input })).await;
+    let ok = t
+        .write(
+            "verify/rsa",
+            json!({"input": input, "signature": own["signature"]}),
+        )
+        .await;
+    assert_eq!(ok["valid"], true);
+}

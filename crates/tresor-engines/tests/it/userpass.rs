@@ -302,3 +302,36 @@ async fn login_paths_are_unauthenticated() {
         .expect_err("no password");
     assert!(bad(e).contains("password"));
 }
+
+/// hvac's `create_or_update_user(ttl=.., max_ttl=..)` was ignored: the user
+/// kept the mount's TTLs.
+#[tokio::test]
+async fn user_accepts_legacy_ttl_and_max_ttl() {
+    let t = T::new().await;
+    t.ok(
+        Operation::Create,
+        "users/old",
+        json!({"password": "pw", "ttl": "15m", "max_ttl": 7200, "policies": "p", "bound_cidrs": "127.0.0.1/32"}),
+    )
+    .await;
+    let d = t.data(Operation::Read, "users/old", json!({})).await;
+    assert_eq!(d["token_ttl"], json!(900));
+    assert_eq!(d["token_max_ttl"], json!(7200));
+    assert_eq!(d["token_policies"], json!(["p"]));
+    assert_eq!(d["token_bound_cidrs"], json!(["127.0.0.1/32"]));
+    // The token_ name wins over the legacy one.
+    t.ok(
+        Operation::Update,
+        "users/old",
+        json!({"ttl": "20m", "token_ttl": "5m"}),
+    )
+    .await;
+    let d = t.data(Operation::Read, "users/old", json!({})).await;
+    assert_eq!(d["token_ttl"], json!(300));
+    assert_eq!(d["token_max_ttl"], json!(7200));
+    let e = t
+        .call(req(Operation::Update, "users/old").body(json!({"max_ttl": "1m"})))
+        .await
+        .expect_err("ttl > max_ttl");
+    assert!(bad(e).contains("token_max_ttl"));
+}

@@ -29,7 +29,7 @@ use tresor_sdk::{
     Response, SpecialPaths, Storage, StorageExt,
 };
 
-use crate::auth::token_fields::{ip_allowed, TokenFields};
+use crate::auth::token_fields::{ip_allowed, with_legacy_names, TokenFields, LEGACY_TTL_NAMES};
 use arn::{glob_match, Principal};
 use iam_request::{RawIamLogin, DEFAULT_STS_ENDPOINT};
 use sts::{AwsCreds, DEFAULT_IAM_ENDPOINT};
@@ -431,7 +431,8 @@ async fn role_write(
             "bound_iam_principal_arn: at least one principal ARN must be bound for auth_type=iam",
         ));
     }
-    role.token.merge_update(req)?;
+    role.token
+        .merge_update(&with_legacy_names(req, LEGACY_TTL_NAMES))?;
     if role.resolve_aws_unique_ids
         && (arns_changed || existing.is_none() || role.bound_iam_principal_id.is_empty())
     {

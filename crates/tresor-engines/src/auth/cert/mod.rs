@@ -35,7 +35,7 @@ use tresor_sdk::{
     Request, Response, SpecialPaths, Storage, StorageExt,
 };
 
-use crate::auth::token_fields::{ip_allowed, TokenFields};
+use crate::auth::token_fields::{ip_allowed, with_legacy_names, TokenFields};
 use verify::{glob_match, LeafInfo};
 
 const CERT_PREFIX: &str = "cert/";
@@ -349,7 +349,16 @@ async fn cert_write(
             )));
         }
     }
-    e.token.merge_update(req)?;
+    // Vault's cert roles also keep `lease` (whole seconds), the oldest name
+    // of `token_ttl`, used only when neither `token_ttl` nor `ttl` is given.
+    e.token.merge_update(&with_legacy_names(
+        req,
+        &[
+            ("ttl", "token_ttl"),
+            ("lease", "token_ttl"),
+            ("max_ttl", "token_max_ttl"),
+        ],
+    ))?;
     storage.put_json(&cert_key(name), &e).await?;
     Ok(None)
 }

@@ -17,7 +17,8 @@
 //! Plugins: `postgresql-database-plugin`, `mysql-database-plugin` (and its
 //! `-aurora-`, `-rds-`, `-legacy-` names), `redis-database-plugin`.
 //!
-//! Storage: `config/<name>` (with the admin password), `role/<name>`,
+//! Storage: `config/<name>` (with the admin password, and a pending one
+//! while a root rotation is under way), `role/<name>`,
 //! `static-role/<name>` (with the current password and the next rotation
 //! time, so that schedules survive restarts).
 //!
@@ -97,6 +98,13 @@ struct DbConfig {
     max_idle_connections: u64,
     max_connection_lifetime: u64,
     username_template: String,
+    /// A new root password, written before `rotate-root` changes it in the
+    /// database: if tresor stops (or the final write fails) between the
+    /// change and the write that makes it `password`, the next use or
+    /// `periodic` adopts it when the database takes it, instead of losing
+    /// the only copy. See [`Database::settle_pending_root`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending_password: Option<String>,
 }
 
 impl DbConfig {
@@ -279,9 +287,14 @@ impl Database {
         if let Some(c) = self.conns.read().get(name) {
             return Ok(Some(c.clone()));
         }
-        let Some(config) = self.load_config(name, storage).await? else {
+        let Some(mut config) = self.load_config(name, storage).await? else {
             return Ok(None);
         };
+        if let Err(e) = self.settle_pending_root(name, &mut config, storage).await {
+            // `config` holds the password the database takes, if one was
+            // found; storage catches up on a later try.
+            tracing::warn!(database = %name, error = %e, "database: settling an interrupted root rotation failed; will retry");
+        }
         let kind = config.kind()?;
         let db = Db::open(&config.settings(kind))
             .map_err(|e| BackendError::Internal(format!("database {name:?}: {e}")))?;
@@ -302,6 +315,64 @@ impl Database {
         }
     }
 
+    /// Settles a root rotation that stopped after the new password was
+    /// stored as pending: adopts the pending password if the database takes
+    /// it, drops it if the database still takes the current one, and keeps
+    /// it for a later try if the database takes neither (unreachable).
+    /// Caller holds `config_lock`; a cached pool built from the old
+    /// password is the caller's to drop. Returns whether `config` changed
+    /// (it is then stored).
+    async fn settle_pending_root(
+        &self,
+        name: &str,
+        config: &mut DbConfig,
+        storage: &dyn Storage,
+    ) -> Result<bool, BackendError> {
+        let Some(pending) = config.pending_password.clone() else {
+            return Ok(false);
+        };
+        let kind = config.kind()?;
+        let mut adopted = config.clone();
+        adopted.password = pending;
+        adopted.pending_password = None;
+        if connects(&adopted, kind).await {
+            tracing::info!(database = %name, "database: adopting the root password of an interrupted rotation");
+            *config = adopted;
+        } else if connects(config, kind).await {
+            tracing::info!(database = %name, "database: an interrupted root rotation did not reach the database; dropping it");
+            config.pending_password = None;
+        } else {
+            return Ok(false);
+        }
+        storage
+            .put_json(&format!("{CONFIG_PREFIX}{name}"), &*config)
+            .await?;
+        Ok(true)
+    }
+
+    /// Settles the interrupted root rotation of every configuration that
+    /// has one (see [`Self::settle_pending_root`]). Failures are retried on
+    /// the next call.
+    async fn settle_pending_roots(&self, storage: &dyn Storage) -> Result<(), BackendError> {
+        for name in storage.list(CONFIG_PREFIX).await? {
+            if name.ends_with('/') {
+                continue;
+            }
+            let _guard = self.config_lock.lock().await;
+            let Some(mut config) = self.load_config(&name, storage).await? else {
+                continue;
+            };
+            match self.settle_pending_root(&name, &mut config, storage).await {
+                Ok(true) => self.swap_conn(&name, None).await,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(database = %name, error = %e, "database: settling an interrupted root rotation failed; will retry");
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn password(&self, policy: Option<&str>) -> Result<String, BackendError> {
         self.system.generate_password(policy).await
     }
@@ -316,7 +387,16 @@ impl Database {
     ) -> Result<Option<Response>, BackendError> {
         let input: ConfigInput = req.parse()?;
         let _guard = self.config_lock.lock().await;
-        let existing = self.load_config(name, storage).await?;
+        let mut existing = self.load_config(name, storage).await?;
+        if let Some(e) = existing.as_mut() {
+            if input.password.is_some() {
+                // The administrator's password replaces whatever an
+                // interrupted rotation left.
+                e.pending_password = None;
+            } else if self.settle_pending_root(name, e, storage).await? {
+                self.swap_conn(name, None).await;
+            }
+        }
         let is_new = existing.is_none();
         let mut c = existing.unwrap_or_else(|| DbConfig {
             verify_connection: true,
@@ -484,47 +564,58 @@ impl Database {
         Ok(None)
     }
 
+    /// Sets a new password for the configured admin user. The password is
+    /// stored as pending before the database is changed and becomes the
+    /// password after, so that no step can lose it: an interruption leaves
+    /// it pending, and [`Self::settle_pending_root`] settles it later.
     async fn rotate_root(
         &self,
         name: &str,
         storage: &dyn Storage,
     ) -> Result<Option<Response>, BackendError> {
+        let unknown = || BackendError::bad_request(format!("unknown database {name:?}"));
         let _guard = self.config_lock.lock().await;
-        let Some(conn) = self.conn_locked(name, storage).await? else {
-            return Err(BackendError::bad_request(format!(
-                "unknown database {name:?}"
-            )));
-        };
-        if conn.config.username.is_empty() {
+        let key = format!("{CONFIG_PREFIX}{name}");
+        let mut config = self.load_config(name, storage).await?.ok_or_else(unknown)?;
+        if config.username.is_empty() {
             return Err(BackendError::bad_request(
                 "username: the configuration has no root user to rotate",
             ));
         }
-        let new_password = self.password(conn.config.policy()).await?;
+        if self.settle_pending_root(name, &mut config, storage).await? {
+            self.swap_conn(name, None).await;
+        }
+        let conn = self.conn_locked(name, storage).await?.ok_or_else(unknown)?;
+        let kind = conn.kind;
+        // A pending password left unsettled (the database took neither) may
+        // be the one the database has: set it again rather than replace it.
+        let new_password = match config.pending_password.clone() {
+            Some(p) => p,
+            None => self.password(config.policy()).await?,
+        };
+        config.pending_password = Some(new_password.clone());
+        storage.put_json(&key, &config).await?;
         conn.db
             .rotate_root(
-                &conn.config.root_rotation_statements,
-                &conn.config.username,
+                &config.root_rotation_statements,
+                &config.username,
                 &new_password,
             )
             .await
             .map_err(|e| db_failure(name, "rotating the root password", e))?;
-        let mut config = conn.config.clone();
         config.password = new_password;
-        if let Err(e) = storage
-            .put_json(&format!("{CONFIG_PREFIX}{name}"), &config)
-            .await
-        {
-            // The database already has the new password and nothing else
-            // knows it: say so loudly.
-            tracing::error!(database = %name, error = %e, "database: root password changed but not stored");
-            return Err(e.into());
-        }
-        let db = Db::open(&config.settings(conn.kind))
+        config.pending_password = None;
+        let stored = storage.put_json(&key, &config).await;
+        // The database has the new password whether or not it was stored:
+        // the pool must use it.
+        let db = Db::open(&config.settings(kind))
             .map_err(|e| BackendError::Internal(format!("database {name:?}: {e}")))?;
-        let kind = conn.kind;
         self.swap_conn(name, Some(Arc::new(Conn { config, kind, db })))
             .await;
+        if let Err(e) = stored {
+            tracing::error!(database = %name, error = %e, "database: root password changed but only stored as pending; it is adopted on next use");
+            return Err(e.into());
+        }
         Ok(None)
     }
 
@@ -1049,6 +1140,16 @@ fn expiration_string(ttl: Duration) -> String {
         .to_string()
 }
 
+/// Whether the database accepts a connection with these settings.
+async fn connects(config: &DbConfig, kind: PluginKind) -> bool {
+    let Ok(db) = Db::open(&config.settings(kind)) else {
+        return false;
+    };
+    let ok = db.verify().await.is_ok();
+    db.close().await;
+    ok
+}
+
 /// A database failure: logged with its detail (which never holds a
 /// password), answered as an internal error.
 fn db_failure(db: &str, what: &str, e: DbError) -> BackendError {
@@ -1264,7 +1365,15 @@ impl Backend for Database {
         }
     }
 
+    /// Static roles rotate on periods down to 5 s.
+    fn periodic_interval(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+
     async fn periodic(&self, storage: &dyn Storage) -> Result<(), BackendError> {
+        if let Err(e) = self.settle_pending_roots(storage).await {
+            tracing::warn!(error = %e, "database: settling interrupted root rotations failed; will retry");
+        }
         self.rotate_due(storage).await
     }
 

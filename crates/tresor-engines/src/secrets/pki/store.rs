@@ -137,8 +137,50 @@ pub(super) struct RevokedEntry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct CrlEntry {
     pub(super) number: u64,
+    /// Standard base64 (a JSON array of numbers, read for older entries,
+    /// took about 3.5 bytes per byte of CRL).
+    #[serde(with = "der_b64")]
     pub(super) der: Vec<u8>,
     pub(super) next_update: i64,
+}
+
+/// DER bytes as a base64 string; reads the array of numbers that serde
+/// writes for a bare `Vec<u8>` too.
+mod der_b64 {
+    use std::fmt;
+
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(der: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(der))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("base64 DER, or an array of bytes")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                STANDARD.decode(v).map_err(E::custom)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -258,4 +300,31 @@ pub(super) async fn require_issuer(
             ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn crl_der_is_stored_as_base64_and_old_arrays_still_read() {
+        let e = CrlEntry {
+            number: 3,
+            der: vec![0x30, 0x82, 0xff, 0x00],
+            next_update: 7,
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["der"], serde_json::json!("MIL/AA=="));
+        let back: CrlEntry = serde_json::from_value(v).unwrap();
+        assert_eq!(back.der, e.der);
+        let old: CrlEntry =
+            serde_json::from_str(r#"{"number": 3, "der": [48, 130, 255, 0], "next_update": 7}"#)
+                .unwrap();
+        assert_eq!(old.der, e.der);
+        assert!(serde_json::from_str::<CrlEntry>(
+            r#"{"number": 3, "der": "not base64!", "next_update": 7}"#
+        )
+        .is_err());
+    }
 }

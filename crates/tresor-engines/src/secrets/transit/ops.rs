@@ -244,13 +244,18 @@ fn sign_opts(url_alg: &str, input: &SignInput, kt: KeyType) -> Result<SignOpts, 
     ]
     .into_iter()
     .flatten()
-    .find(|s| !s.is_empty())
-    .unwrap_or("sha2-256");
-    let hash = if kt == KeyType::Ed25519 {
+    .find(|s| !s.is_empty());
+    let hash = match (kt, hash_name) {
         // Ed25519 hashes internally; Vault ignores the field for it.
-        HashAlg::Sha2_256
-    } else {
-        HashAlg::parse(hash_name)?
+        (KeyType::Ed25519, _) => HashAlg::Sha2_256,
+        (_, Some(name)) => HashAlg::parse(name)?,
+        // Vault's default, sha2-256, with a P-384 key: aws-lc-rs signs
+        // P-384 only over SHA-384 (or SHA3-384), neither with a fixed
+        // algorithm nor with `sign_digest`, which refuses a digest of
+        // another hash. So an unset hash means sha2-384 for P-384 keys;
+        // P-256 and P-521 keep Vault's sha2-256.
+        (KeyType::EcdsaP384, None) => HashAlg::Sha2_384,
+        (_, None) => HashAlg::Sha2_256,
     };
     let pss = match input.signature_algorithm.as_deref().unwrap_or("") {
         "" | "pss" => true,

@@ -635,13 +635,32 @@ impl Policy {
                 )))
             }
         };
-        let key = signature::UnparsedPublicKey::new(alg, public);
-        let ok = if o.prehashed {
-            key.verify_digest(&imported_digest(input, o.hash)?, sig)
+        let digest = if o.prehashed {
+            Some(imported_digest(input, o.hash)?)
         } else {
-            key.verify(input, sig)
+            None
         };
-        Ok(ok.is_ok())
+        let check = |alg: &'static dyn signature::VerificationAlgorithm| {
+            let key = signature::UnparsedPublicKey::new(alg, public.as_slice());
+            match &digest {
+                Some(d) => key.verify_digest(d, sig),
+                None => key.verify(input, sig),
+            }
+            .is_ok()
+        };
+        if check(alg) {
+            return Ok(true);
+        }
+        // Vault verifies PSS with any salt length (Go's
+        // `PSSSaltLengthAuto`), and signs with the largest one. aws-lc-rs
+        // verifies one salt length at a time and cannot recover it from
+        // the signature, so besides the digest length (what tresor and most
+        // libraries sign with) the maximum length is tried: Vault's own
+        // signatures verify. Other lengths do not.
+        if kt.is_rsa() && o.pss {
+            return Ok(check(rsa_pss_max_salt(o.hash)?));
+        }
+        Ok(false)
     }
 
     /// The raw public key: Ed25519's 32 bytes, the uncompressed EC point,
@@ -954,6 +973,24 @@ fn rsa_algs(hash: HashAlg, pss: bool) -> Result<RsaPair, BackendError> {
             "hash_algorithm {} is not supported with RSA keys: use sha2-256, sha2-384 or sha2-512",
             other.as_str()
         ))),
+    }
+}
+
+static RSA_PSS_SHA256_MAX_SALT: signature::RsaParameters =
+    signature::RSA_PSS_2048_8192_SHA256.with_pss_salt_length(signature::RsaPssSaltLength::Max);
+static RSA_PSS_SHA384_MAX_SALT: signature::RsaParameters =
+    signature::RSA_PSS_2048_8192_SHA384.with_pss_salt_length(signature::RsaPssSaltLength::Max);
+static RSA_PSS_SHA512_MAX_SALT: signature::RsaParameters =
+    signature::RSA_PSS_2048_8192_SHA512.with_pss_salt_length(signature::RsaPssSaltLength::Max);
+
+/// PSS verification with the largest salt the key allows (Go's and so
+/// Vault's signing default).
+fn rsa_pss_max_salt(hash: HashAlg) -> Result<&'static signature::RsaParameters, BackendError> {
+    match hash {
+        HashAlg::Sha2_256 => Ok(&RSA_PSS_SHA256_MAX_SALT),
+        HashAlg::Sha2_384 => Ok(&RSA_PSS_SHA384_MAX_SALT),
+        HashAlg::Sha2_512 => Ok(&RSA_PSS_SHA512_MAX_SALT),
+        other => rsa_algs(other, true).map(|(_, p)| p),
     }
 }
 

@@ -593,10 +593,20 @@ impl View {
     /// The inner key of `key`, refusing anything that could climb out of
     /// the prefix.
     fn full(&self, key: &str) -> Result<String, StorageError> {
-        if key.starts_with('/') || key.split('/').any(|s| s == ".." || s == ".") {
+        if key.starts_with('/')
+            || key
+                .as_bytes()
+                .split(|&b| b == b'/')
+                .any(|s| s == b".." || s == b".")
+        {
             return Err(StorageError::InvalidKey(key.to_string()));
         }
-        Ok(format!("{}{}", self.prefix, key))
+        // Every storage call of every backend comes through here: no
+        // formatting machinery, one exact allocation.
+        let mut full = String::with_capacity(self.prefix.len() + key.len());
+        full.push_str(&self.prefix);
+        full.push_str(key);
+        Ok(full)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
@@ -11,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures::FutureExt;
 use http::{header, HeaderValue, Method, StatusCode};
+use metrics::{Counter, Histogram};
 
 use crate::error::ApiError;
 use crate::request::check_raw_path;
@@ -23,10 +25,49 @@ use crate::HttpConfig;
 /// layer costs a boxed future and a service clone per request.
 pub(crate) fn apply(routes: Router, config: &HttpConfig) -> Router {
     let timeout = config.max_request_duration;
-    let record_metrics = config.record_metrics;
+    let metrics = config.record_metrics.then(|| Arc::new(HttpMetrics::new()));
     routes.layer(middleware::from_fn(move |req: Request, next: Next| {
-        guard(timeout, record_metrics, req, next)
+        guard(timeout, metrics.clone(), req, next)
     }))
+}
+
+/// The handles of the per-request metrics, one per label set, taken from
+/// the recorder on first use: building the key and finding it in the
+/// registry on every request cost more than the update itself. (The
+/// recorder is installed before the server starts and evicts nothing.)
+struct HttpMetrics {
+    requests: [[OnceLock<Counter>; STATUS_LABELS.len()]; METHOD_LABELS.len()],
+    durations: [OnceLock<Histogram>; METHOD_LABELS.len()],
+}
+
+impl HttpMetrics {
+    fn new() -> Self {
+        HttpMetrics {
+            requests: [const { [const { OnceLock::new() }; STATUS_LABELS.len()] };
+                METHOD_LABELS.len()],
+            durations: [const { OnceLock::new() }; METHOD_LABELS.len()],
+        }
+    }
+
+    fn record(&self, method: usize, status: usize, elapsed: Duration) {
+        let (Some(requests), Some(duration)) = (
+            self.requests.get(method).and_then(|m| m.get(status)),
+            self.durations.get(method),
+        ) else {
+            return;
+        };
+        let (method, status) = (METHOD_LABELS[method], STATUS_LABELS[status]);
+        requests
+            .get_or_init(|| {
+                metrics::counter!("tresor_http_requests_total", "method" => method, "status" => status)
+            })
+            .increment(1);
+        duration
+            .get_or_init(
+                || metrics::histogram!("tresor_http_request_duration_seconds", "method" => method),
+            )
+            .record(elapsed.as_secs_f64());
+    }
 }
 
 pub(crate) async fn not_found() -> ApiError {
@@ -36,9 +77,14 @@ pub(crate) async fn not_found() -> ApiError {
     }
 }
 
-async fn guard(timeout: Duration, record: bool, req: Request, next: Next) -> Response {
+async fn guard(
+    timeout: Duration,
+    metrics: Option<Arc<HttpMetrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
-    let method = method_label(req.method());
+    let method = method_index(req.method());
     let mut resp = if let Err(e) = check_raw_path(req.uri().path()) {
         e.into_response()
     } else {
@@ -49,12 +95,12 @@ async fn guard(timeout: Duration, record: bool, req: Request, next: Next) -> Res
                 .into_response(),
         }
     };
-    if record {
-        let status = status_label(resp.status().as_u16());
-        metrics::counter!("tresor_http_requests_total", "method" => method, "status" => status)
-            .increment(1);
-        metrics::histogram!("tresor_http_request_duration_seconds", "method" => method)
-            .record(start.elapsed().as_secs_f64());
+    if let Some(m) = &metrics {
+        m.record(
+            method,
+            status_index(resp.status().as_u16()),
+            start.elapsed(),
+        );
     }
     // Secrets must not linger in shared or browser caches.
     resp.headers_mut()
@@ -72,40 +118,45 @@ fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::internal().into_response()
 }
 
-/// A label value for the method that can't be used to blow up cardinality.
-fn method_label(m: &Method) -> &'static str {
-    match m.as_str() {
-        "GET" => "GET",
-        "HEAD" => "HEAD",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "PATCH" => "PATCH",
-        "DELETE" => "DELETE",
-        "LIST" => "LIST",
-        "OPTIONS" => "OPTIONS",
-        _ => "OTHER",
-    }
+/// Label values for the method: a fixed set, so that no request can blow
+/// up the cardinality.
+const METHOD_LABELS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "LIST", "OPTIONS", "OTHER",
+];
+
+/// The index of the method's label in [`METHOD_LABELS`].
+fn method_index(m: &Method) -> usize {
+    METHOD_LABELS[..METHOD_LABELS.len() - 1]
+        .iter()
+        .position(|l| *l == m.as_str())
+        .unwrap_or(METHOD_LABELS.len() - 1)
 }
 
-/// A static label for the status: no allocation per request.
-fn status_label(code: u16) -> &'static str {
+/// Static label values for the status: no allocation per request.
+const STATUS_LABELS: [&str; 16] = [
+    "200", "204", "400", "403", "404", "405", "412", "413", "429", "500", "503", "504", "2xx",
+    "3xx", "4xx", "5xx",
+];
+
+/// The index of the status's label in [`STATUS_LABELS`].
+fn status_index(code: u16) -> usize {
     match code {
-        200 => "200",
-        204 => "204",
-        400 => "400",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        412 => "412",
-        413 => "413",
-        429 => "429",
-        500 => "500",
-        503 => "503",
-        504 => "504",
-        c if c < 300 => "2xx",
-        c if c < 400 => "3xx",
-        c if c < 500 => "4xx",
-        _ => "5xx",
+        200 => 0,
+        204 => 1,
+        400 => 2,
+        403 => 3,
+        404 => 4,
+        405 => 5,
+        412 => 6,
+        413 => 7,
+        429 => 8,
+        500 => 9,
+        503 => 10,
+        504 => 11,
+        c if c < 300 => 12,
+        c if c < 400 => 13,
+        c if c < 500 => 14,
+        _ => 15,
     }
 }
 

@@ -131,12 +131,14 @@ pub fn router(core: Arc<Core>, config: &HttpConfig) -> Router {
         max_request_size: config.max_request_size,
         max_json_depth: config.max_json_depth,
     };
+    // `/v1/*` is served by the fallback rather than a `/v1/{*path}` route:
+    // the handler reads the path itself, and a matched route costs every
+    // request the decoding and allocation of its URL parameters.
     let routes = Router::new()
-        .route("/v1/{*path}", any(logical::handle))
         .route("/api/v1/secrets/{*path}", any(simple::secret))
         .route("/api/v1/auth/login", post(simple::login))
         .route("/health", get(simple::health))
-        .fallback(layers::not_found)
+        .fallback(logical::handle)
         .with_state(state);
     layers::apply(routes, config)
 }

@@ -1,12 +1,13 @@
 //! HTTP → [`CoreRequest`] pieces: path normalisation, body reading and JSON
 //! parsing under limits, verbs, tokens, wrap TTL, headers, query data.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::Value;
@@ -14,8 +15,9 @@ use tresor_sdk::{Map, Operation};
 
 use crate::error::ApiError;
 
-pub(crate) const TOKEN_HEADER: &str = "x-vault-token";
-pub(crate) const WRAP_TTL_HEADER: &str = "x-vault-wrap-ttl";
+// Typed names: a `&str` key is parsed and hashed afresh on every lookup.
+pub(crate) const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-vault-token");
+pub(crate) const WRAP_TTL_HEADER: HeaderName = HeaderName::from_static("x-vault-wrap-ttl");
 
 /// Decode and check a request path (the part after the route prefix).
 ///
@@ -25,26 +27,75 @@ pub(crate) const WRAP_TTL_HEADER: &str = "x-vault-wrap-ttl";
 /// ACLs written against the spelled path. A trailing `/` is kept because it
 /// means "list" to Vault.
 pub(crate) fn normalize_path(raw: &str) -> Result<String, ApiError> {
-    let decoded = percent_encoding::percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| ApiError::bad_request("invalid path: not UTF-8"))?;
-    if decoded.chars().any(char::is_control) {
+    checked_path(raw).map(Cow::into_owned)
+}
+
+/// The decoded form of `raw` once it passed the checks of
+/// [`normalize_path`]; borrowed when nothing was percent-encoded (the usual
+/// case, so the check every request passes allocates nothing).
+fn checked_path(raw: &str) -> Result<Cow<'_, str>, ApiError> {
+    if plain_path_ok(raw.as_bytes()) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    full_check(raw)
+}
+
+fn full_check(raw: &str) -> Result<Cow<'_, str>, ApiError> {
+    let decoded: Cow<'_, str> = if raw.as_bytes().contains(&b'%') {
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| ApiError::bad_request("invalid path: not UTF-8"))?
+    } else {
+        Cow::Borrowed(raw)
+    };
+    let has_control = if decoded.is_ascii() {
+        decoded.bytes().any(|b| b.is_ascii_control())
+    } else {
+        decoded.chars().any(char::is_control)
+    };
+    if has_control {
         return Err(ApiError::bad_request("invalid path"));
     }
     let body = decoded.strip_suffix('/').unwrap_or(&decoded);
     if !body.is_empty() {
-        for segment in body.split('/') {
-            if segment.is_empty() || segment == "." || segment == ".." {
-                return Err(ApiError::bad_request(
-                    "invalid path: empty, '.' or '..' segment",
-                ));
-            }
+        if !segments_ok(body.as_bytes()) {
+            return Err(ApiError::bad_request(
+                "invalid path: empty, '.' or '..' segment",
+            ));
         }
     } else if decoded.len() > 1 {
         // "//" and friends.
         return Err(ApiError::bad_request("invalid path: empty segment"));
     }
-    Ok(decoded.into_owned())
+    Ok(decoded)
+}
+
+/// The common case in one pass: printable ASCII, no escapes, and segments
+/// that are neither empty nor `.`/`..` (a single trailing `/` allowed).
+/// `false` sends the path through the full check, which names the problem.
+fn plain_path_ok(path: &[u8]) -> bool {
+    let mut seg_start = 0;
+    for (i, &b) in path.iter().enumerate() {
+        if b == b'%' || !(0x20..0x7f).contains(&b) {
+            return false;
+        }
+        if b == b'/' {
+            let seg = &path[seg_start..i];
+            if seg.is_empty() || seg == b"." || seg == b".." {
+                return false;
+            }
+            seg_start = i + 1;
+        }
+    }
+    let last = &path[seg_start..];
+    // `last` is empty after a trailing '/' (or for an empty path): fine.
+    !(last == b"." || last == b"..")
+}
+
+/// No segment of `body` (split at `/`) is empty, `.` or `..`.
+fn segments_ok(body: &[u8]) -> bool {
+    body.split(|&b| b == b'/')
+        .all(|s| !(s.is_empty() || s == b"." || s == b".."))
 }
 
 /// Check the whole raw path of any request, whatever route it is for.
@@ -53,7 +104,7 @@ pub(crate) fn check_raw_path(raw: &str) -> Result<(), ApiError> {
     if rest.is_empty() {
         return Ok(());
     }
-    normalize_path(rest).map(|_| ())
+    checked_path(rest).map(|_| ())
 }
 
 /// Read a body of at most `limit` bytes; larger → 413.
@@ -137,7 +188,7 @@ pub(crate) fn parse_json_object(bytes: &[u8], max_depth: usize) -> Result<Map, A
 /// The client token: `X-Vault-Token`, else `Authorization: Bearer`.
 pub(crate) fn token(headers: &HeaderMap) -> Option<String> {
     if let Some(t) = headers
-        .get(TOKEN_HEADER)
+        .get(&TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -157,7 +208,7 @@ pub(crate) fn token(headers: &HeaderMap) -> Option<String> {
 
 /// `X-Vault-Wrap-TTL`: seconds or a duration string.
 pub(crate) fn wrap_ttl(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
-    let Some(v) = headers.get(WRAP_TTL_HEADER) else {
+    let Some(v) = headers.get(&WRAP_TTL_HEADER) else {
         return Ok(None);
     };
     let s = v
@@ -320,6 +371,29 @@ mod tests {
     }
 
     #[test]
+    fn fast_path_check_agrees_with_the_full_one() {
+        // Every path of up to 6 characters over an alphabet that covers
+        // the cases: whatever the one-pass check accepts, the full check
+        // accepts as the same path.
+        let alphabet = ['a', '.', '/', '%', '\u{1}', 'é'];
+        let mut paths = vec![String::new()];
+        for _ in 0..6 {
+            let mut next = Vec::new();
+            for p in &paths {
+                for c in alphabet {
+                    next.push(format!("{p}{c}"));
+                }
+            }
+            for p in &paths {
+                if plain_path_ok(p.as_bytes()) {
+                    assert_eq!(full_check(p).ok().as_deref(), Some(p.as_str()), "{p:?}");
+                }
+            }
+            paths = next;
+        }
+    }
+
+    #[test]
     fn depth_scan() {
         let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
         assert!(!nesting_exceeds(deep(500).as_bytes(), 500));
@@ -378,11 +452,20 @@ mod tests {
     #[test]
     fn wrap_ttls() {
         let mut h = HeaderMap::new();
-        h.insert(WRAP_TTL_HEADER, http::HeaderValue::from_static("60"));
+        h.insert(
+            WRAP_TTL_HEADER.clone(),
+            http::HeaderValue::from_static("60"),
+        );
         assert_eq!(wrap_ttl(&h).ok().flatten(), Some(Duration::from_secs(60)));
-        h.insert(WRAP_TTL_HEADER, http::HeaderValue::from_static("5m"));
+        h.insert(
+            WRAP_TTL_HEADER.clone(),
+            http::HeaderValue::from_static("5m"),
+        );
         assert_eq!(wrap_ttl(&h).ok().flatten(), Some(Duration::from_secs(300)));
-        h.insert(WRAP_TTL_HEADER, http::HeaderValue::from_static("soon"));
+        h.insert(
+            WRAP_TTL_HEADER.clone(),
+            http::HeaderValue::from_static("soon"),
+        );
         assert!(wrap_ttl(&h).is_err());
     }
 

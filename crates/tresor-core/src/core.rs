@@ -512,6 +512,7 @@ impl Core {
             "key/value secret storage",
             MountConfig::default(),
             options,
+            sys::MountFlags::default(),
         )
         .await?;
         Ok((key, root))
@@ -726,8 +727,10 @@ impl Core {
                     .as_ref()
                     .is_some_and(|(r, rel)| SpecialPaths::matches(&r.special.root, rel));
             // Any valid token may ask which mount serves a path: clients
-            // need it to pick the KV version, and it reveals no secret.
-            let ui_mounts = path.starts_with("sys/internal/ui/mounts");
+            // need it to pick the KV version. The sys backend answers only
+            // about mounts the token can reach (Vault's `hasMountAccess`).
+            let ui_mounts =
+                path == "sys/internal/ui/mounts" || path.starts_with("sys/internal/ui/mounts/");
             // A wrapping token can do one thing: be unwrapped (or looked up,
             // rewrapped). It carries no ACL.
             let allowed = if wrapping::is_wrapping_token(e) {
@@ -782,7 +785,7 @@ impl Core {
         let mut used_up = false;
         if let Some(e) = &entry {
             if e.num_uses > 0 {
-                used_up = token_api::spend_use(&st, e).await?;
+                used_up = Box::pin(token_api::spend_use(&st, e)).await?;
             }
         }
 
@@ -798,8 +801,10 @@ impl Core {
                 .await
                 .map(Reply::Resp)
                 .map_err(CoreError::from),
-            Handler::System => sys::handle(self, &st, &caller, &sreq).await,
-            Handler::Token => token_api::handle(&st, &route, &caller, &sreq).await,
+            // Boxed: these handlers are large futures; inline, every
+            // request's pipeline future would carry (and copy) their size.
+            Handler::System => Box::pin(sys::handle(self, &st, &caller, &sreq)).await,
+            Handler::Token => Box::pin(token_api::handle(&st, &route, &caller, &sreq)).await,
         };
         let result = match result {
             Ok(reply) => {
@@ -811,7 +816,14 @@ impl Core {
         // Wrap the answer if asked; the wrapping endpoints wrap (or not) themselves.
         let result = match (result, req.wrap_ttl) {
             (Ok(resp), Some(ttl)) if !path.starts_with("sys/wrapping/") => {
-                wrapping::wrap(&st, resp, ttl, path.trim_end_matches('/'), &request_id).await
+                Box::pin(wrapping::wrap(
+                    &st,
+                    resp,
+                    ttl,
+                    path.trim_end_matches('/'),
+                    &request_id,
+                ))
+                .await
             }
             (r, _) => r,
         };
@@ -827,7 +839,7 @@ impl Core {
         let audited = audit.response(&result).await;
         if used_up {
             if let Some(e) = &entry {
-                if let Err(err) = token_api::revoke_tree(&st, &e.hash).await {
+                if let Err(err) = Box::pin(token_api::revoke_tree(&st, &e.hash)).await {
                     tracing::error!(error = %err, "revoking a used-up token failed");
                 }
             }
@@ -835,7 +847,7 @@ impl Core {
         audited?;
         // Internal errors are logged where they become a status
         // (tresor-http's error mapping), once.
-        result
+        result.map(|resp| legacy_top_level(&path, op, resp))
     }
 
     /// Turn a handler's reply into the answer: register leases, mint
@@ -891,16 +903,30 @@ impl Core {
             env.warnings = Some(resp.warnings);
         }
         if let Some(secret) = resp.secret {
-            let lease = self.register_secret(st, route, path, sreq, secret).await?;
+            // Leases and tokens are boxed: most answers carry neither, and
+            // inline their futures would size every request's.
+            let lease = Box::pin(self.register_secret(st, route, path, sreq, secret)).await?;
             env.lease_id = lease.lease_id;
             env.lease_duration = (lease.expire_time - lease.issue_time).max(0) as u64;
             env.renewable = lease.renewable;
         }
         if let Some(auth) = resp.auth {
-            let info = token_api::create_from_auth(st, route, path, auth, sreq.remote_addr).await?;
+            let info = Box::pin(token_api::create_from_auth(
+                st,
+                route,
+                path,
+                auth,
+                sreq.remote_addr,
+            ))
+            .await?;
             env.auth = Some(info);
         }
-        let has_body = env.data.is_some() || env.auth.is_some() || !env.lease_id.is_empty();
+        // Like Vault, an answer that only carries warnings is still a 200
+        // with a body: the warnings are the point (`sys/leases/tidy`).
+        let has_body = env.data.is_some()
+            || env.auth.is_some()
+            || !env.lease_id.is_empty()
+            || env.warnings.is_some();
         let status = resp.status.unwrap_or(if has_body { 200 } else { 204 });
         if status == 204 {
             return Ok(CoreResponse {
@@ -1034,27 +1060,103 @@ impl LeaseRevoker for Revoker {
     }
 }
 
-/// Once a minute, every backend gets its `periodic` call (tidy, rotation).
-/// Ends by itself when the state it serves is gone (sealed).
+/// How often backends get their `periodic` call (tidy, rotation). Short,
+/// like Vault's rollback tick: engines accept rotation periods of seconds.
+const PERIODIC_TICK: Duration = Duration::from_secs(5);
+
+/// Every [`PERIODIC_TICK`], each backend that is due (its
+/// `periodic_interval` has passed) gets its `periodic` call, on a
+/// task of its own so a slow one (a database rotation) delays no other. A
+/// mount whose previous run is still going is skipped for that tick, as
+/// Vault's rollback manager skips an in-flight mount: a run never overlaps
+/// itself. Ends by itself when the state it serves is gone (sealed).
 fn spawn_periodic(state: Weak<Unsealed>) {
     if tokio::runtime::Handle::try_current().is_err() {
         return;
     }
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let mut tick = tokio::time::interval(PERIODIC_TICK);
+        // After a stall, wait a full period rather than firing the missed
+        // ticks back to back.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        // In-flight runs by mount UUID (stable across remounts).
+        let mut running: std::collections::HashMap<String, tokio::task::JoinHandle<()>> =
+            std::collections::HashMap::new();
+        // Start of the last run by mount UUID: each backend says how often
+        // it wants to run (a full AppRole tidy every tick would be waste).
+        let mut last_run: std::collections::HashMap<String, tokio::time::Instant> =
+            std::collections::HashMap::new();
         loop {
             tick.tick().await;
+            // Hold the state only while starting runs, not across the wait.
             let Some(st) = state.upgrade() else { break };
+            running.retain(|_, h| !h.is_finished());
             for r in st.router.all() {
-                if let Handler::Backend(b) = &r.handler {
-                    if let Err(e) = b.periodic(&*r.storage).await {
-                        tracing::warn!(path = %r.entry().path, error = %e, "periodic function failed");
-                    }
+                let Handler::Backend(b) = &r.handler else {
+                    continue;
+                };
+                let uuid = r.entry.read().uuid.clone();
+                let now = tokio::time::Instant::now();
+                // Tolerate a little tick jitter so a 5 s backend runs every tick.
+                let due = last_run.get(&uuid).is_none_or(|t| {
+                    now.duration_since(*t) + Duration::from_millis(500) >= b.periodic_interval()
+                });
+                if !due || running.contains_key(&uuid) {
+                    continue;
                 }
+                last_run.insert(uuid.clone(), now);
+                let handle = tokio::spawn(async move {
+                    if let Handler::Backend(b) = &r.handler {
+                        if let Err(e) = b.periodic(&*r.storage).await {
+                            tracing::warn!(path = %r.entry().path, error = %e, "periodic function failed");
+                        }
+                    }
+                });
+                running.insert(uuid, handle);
             }
         }
     });
+}
+
+/// Vault repeats `data` at the top level of a few old `sys/` answers
+/// (`sys/mounts`, `sys/auth`, `sys/policy`, `sys/policy/<name>`), and
+/// clients written against them read the top-level keys. Envelope keys win
+/// over a data key of the same name; wrapped answers are left alone.
+fn legacy_top_level(path: &str, op: Operation, resp: CoreResponse) -> CoreResponse {
+    let trimmed = path.trim_end_matches('/');
+    let legacy = match op {
+        Operation::Read => {
+            matches!(trimmed, "sys/mounts" | "sys/auth" | "sys/policy")
+                || trimmed
+                    .strip_prefix("sys/policy/")
+                    .is_some_and(|name| !name.is_empty())
+        }
+        Operation::List => trimmed == "sys/policy",
+        _ => false,
+    };
+    if !legacy {
+        return resp;
+    }
+    let ResponseBody::Envelope(env) = &resp.body else {
+        return resp;
+    };
+    let (Some(Value::Object(data)), None) = (&env.data, &env.wrap_info) else {
+        return resp;
+    };
+    let mut top = match serde_json::to_value(env.as_ref()) {
+        Ok(Value::Object(m)) => m,
+        _ => return resp,
+    };
+    for (k, v) in data {
+        if !top.contains_key(k) {
+            top.insert(k.clone(), v.clone());
+        }
+    }
+    CoreResponse {
+        status: resp.status,
+        body: ResponseBody::Json(Value::Object(top)),
+    }
 }
 
 /// Does a requested wrap TTL satisfy the policy's bounds? A minimum means

@@ -1341,14 +1341,11 @@ mod tests {
         let r2 = Arc::new(TestRevoker::default());
         let m2 = ExpirationManager::with_options(storage.clone(), r2.clone(), fast());
         m2.restore();
-        assert!(
-            wait_for(
-                || r2.revoked() == vec!["db/creds/ro/old".to_string()],
-                Duration::from_secs(2)
-            )
-            .await
-        );
-        assert!(wait_for(|| r2.revoked().len() == 2, Duration::from_secs(4)).await);
+        // "soon" may fall due within milliseconds (whole-second expiry), so
+        // only the order is asserted: the overdue lease goes first.
+        assert!(wait_for(|| !r2.revoked().is_empty(), Duration::from_secs(2)).await);
+        assert_eq!(r2.revoked()[0], "db/creds/ro/old");
+        assert!(wait_for(|| r2.revoked().len() == 2, Duration::from_secs(5)).await);
         assert_eq!(r2.revoked(), vec!["db/creds/ro/old", "db/creds/ro/soon"]);
         assert!(wait_for(|| m2.len() == 2, Duration::from_secs(1)).await);
         assert!(m2.lookup("db/creds/ro/far").await.unwrap().is_some());

@@ -4,6 +4,7 @@
 //! pipeline (token, ACL, audit) as every other mount.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -14,6 +15,7 @@ use crate::core::{
     is_system_type, new_entry, Caller, Core, CoreResponse, Reply, ResponseBody, Unsealed,
 };
 use crate::mount::{normalize_mount_path, MountConfig, MountEntry, Table};
+use crate::policy::{Acl, Capabilities};
 use crate::CoreError;
 
 fn data(v: Value) -> Reply {
@@ -55,6 +57,22 @@ struct MountInput {
     config: MountConfigInput,
     #[serde(default)]
     options: BTreeMap<String, String>,
+    /// Vault: the mount is not replicated. Kept and reported; a single
+    /// cluster has nothing to replicate.
+    #[serde(default, deserialize_with = "fields::boolean")]
+    local: bool,
+    /// Vault: seal-wrap the mount's critical values. Kept and reported;
+    /// every value already goes through the barrier.
+    #[serde(default, deserialize_with = "fields::boolean")]
+    seal_wrap: bool,
+}
+
+/// Mount-entry flags that only describe the mount (nothing changes how it
+/// serves), given at enable time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct MountFlags {
+    pub(crate) local: bool,
+    pub(crate) seal_wrap: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +123,21 @@ struct LeaseInput {
     increment: Duration,
 }
 
+impl LeaseInput {
+    /// The body's `lease_id`, else the one in the URL
+    /// (`sys/leases/renew/<lease_id>`), as Vault picks them.
+    fn parse_with_url(req: &Request, url_lease_id: &str) -> Result<LeaseInput, CoreError> {
+        let mut input: LeaseInput = req.parse()?;
+        if input.lease_id.is_empty() {
+            input.lease_id = url_lease_id.trim_end_matches('/').to_string();
+        }
+        if input.lease_id.is_empty() {
+            return Err(CoreError::BadRequest("lease_id must be specified".into()));
+        }
+        Ok(input)
+    }
+}
+
 /// Serve `sys/<path>`.
 pub(crate) async fn handle(
     core: &Core,
@@ -151,18 +184,24 @@ pub(crate) async fn handle(
         ));
     }
     if trimmed == "internal/ui/mounts" && op == Operation::Read {
+        let access = MountAccess::of(st, caller).await?;
         return Ok(data(json!({
-            "secret": mounts_map(st, Table::Logical),
-            "auth": mounts_map(st, Table::Credential),
+            "secret": visible_mounts(st, Table::Logical, &access),
+            "auth": visible_mounts(st, Table::Credential, &access),
         })));
     }
     if let Some(p) = path.strip_prefix("internal/ui/mounts/") {
+        // An unknown mount is refused like one the token cannot reach, as
+        // in Vault, so this path cannot be used to probe for mounts.
         let (route, _) = st
             .router
             .resolve(p)
             .or_else(|| st.router.resolve(&format!("auth/{p}")))
-            .ok_or(CoreError::NotFound)?;
+            .ok_or(CoreError::PermissionDenied)?;
         let e = route.entry();
+        if !MountAccess::of(st, caller).await?.reaches(&e.path) {
+            return Err(CoreError::PermissionDenied);
+        }
         let mut out = serde_json::to_value(e.output())?;
         if let Value::Object(m) = &mut out {
             m.insert("path".into(), json!(e.path));
@@ -179,13 +218,8 @@ pub(crate) async fn handle(
         return policy_op(st, name, req, "rules").await;
     }
     if trimmed == "policies/acl" && matches!(op, Operation::List | Operation::Read) {
-        let names: Vec<String> = st
-            .policies
-            .list()
-            .await?
-            .into_iter()
-            .filter(|n| n != "root")
-            .collect();
+        // `root` included, as Vault lists it.
+        let names = st.policies.list().await?;
         return Ok(Reply::Resp(Some(Response::list(names))));
     }
     if let Some(name) = path.strip_prefix("policies/acl/") {
@@ -319,15 +353,8 @@ pub(crate) async fn handle(
         "revoke" => return leases(st, "revoke", req).await,
         _ => {}
     }
-    if let Some(p) = path.strip_prefix("renew/") {
-        let mut r = req.clone();
-        r.data.insert("lease_id".into(), json!(p));
-        return leases(st, "renew", &r).await;
-    }
-    if let Some(p) = path.strip_prefix("revoke/") {
-        let mut r = req.clone();
-        r.data.insert("lease_id".into(), json!(p));
-        return leases(st, "revoke", &r).await;
+    if path.starts_with("renew/") || path.starts_with("revoke/") {
+        return leases(st, path, req).await;
     }
     if let Some(p) = path.strip_prefix("revoke-prefix/") {
         return leases(st, &format!("revoke-prefix/{p}"), req).await;
@@ -447,6 +474,100 @@ fn mounts_map(st: &Unsealed, table: Table) -> Map {
     m
 }
 
+/// Mounts of `table` the caller may see in `sys/internal/ui/mounts`.
+fn visible_mounts(st: &Unsealed, table: Table, access: &MountAccess) -> Map {
+    let mut m = Map::new();
+    for e in st.router.entries(table) {
+        let unauth = e.config.listing_visibility.as_deref() == Some("unauth");
+        if !unauth && !access.reaches(&e.path) {
+            continue;
+        }
+        if let Ok(v) = serde_json::to_value(e.output()) {
+            m.insert(e.listed_path().to_string(), v);
+        }
+    }
+    m
+}
+
+/// Which mounts a token can do anything under (Vault's `hasMountAccess`):
+/// the UI mount listing shows only those, and the per-mount form refuses
+/// the others. Built once per request from the cached ACL and policies.
+struct MountAccess {
+    acl: Arc<Acl>,
+    /// The token's rules, merged by path as the ACL merges them (a `deny`
+    /// anywhere leaves only `deny`), without those granting nothing.
+    rules: Vec<(String, Capabilities)>,
+}
+
+impl MountAccess {
+    async fn of(st: &Unsealed, caller: &Caller) -> Result<MountAccess, CoreError> {
+        let entry = caller.entry.as_ref().ok_or(CoreError::PermissionDenied)?;
+        let acl = st.policies.acl(&entry.policies).await?;
+        if acl.is_root() {
+            return Ok(MountAccess {
+                acl,
+                rules: Vec::new(),
+            });
+        }
+        let mut merged: BTreeMap<String, Capabilities> = BTreeMap::new();
+        for name in &entry.policies {
+            if let Some(policy) = st.policies.get(name).await? {
+                for r in &policy.paths {
+                    *merged.entry(r.path.clone()).or_default() |= r.capabilities;
+                }
+            }
+        }
+        let rules = merged
+            .into_iter()
+            .filter(|(_, caps)| !caps.is_empty() && !caps.is_deny())
+            .collect();
+        Ok(MountAccess { acl, rules })
+    }
+
+    /// Does any capability reach `mount` (`secret/`) or a path under it?
+    fn reaches(&self, mount: &str) -> bool {
+        if self.acl.is_root() {
+            return true;
+        }
+        // A rule granting the mount path itself answers at once.
+        if self.acl.capabilities(mount).first().map(String::as_str) != Some("deny") {
+            return true;
+        }
+        self.rules
+            .iter()
+            .any(|(rule, _)| rule_reaches_under(rule, mount))
+    }
+}
+
+/// Could the policy path `rule` match some path under `mount` (`a/b/`)?
+/// Plain and glob rules must start with the mount; a rule with `+`
+/// segments is compared segment by segment over the mount's segments, a
+/// trailing `*` also matching a longer last segment.
+fn rule_reaches_under(rule: &str, mount: &str) -> bool {
+    let (body, glob) = match rule.strip_suffix('*') {
+        Some(b) => (b, true),
+        None => (rule, false),
+    };
+    if !body.split('/').any(|seg| seg == "+") {
+        return body.starts_with(mount);
+    }
+    let rule_segs: Vec<&str> = body.split('/').collect();
+    for (i, m) in mount.trim_end_matches('/').split('/').enumerate() {
+        let Some(r) = rule_segs.get(i) else {
+            // The rule ends above the mount.
+            return false;
+        };
+        let last = i + 1 == rule_segs.len();
+        if last && glob && (*r == "+" || m.starts_with(r)) {
+            return true;
+        }
+        if *r != "+" && *r != m {
+            return false;
+        }
+    }
+    true
+}
+
 fn list_mounts(st: &Unsealed, table: Table) -> Reply {
     Reply::Resp(Some(Response::data(mounts_map(st, table))))
 }
@@ -496,6 +617,10 @@ async fn mount_op(
                 force_no_cache: input.config.force_no_cache,
                 listing_visibility: input.config.listing_visibility.clone(),
             };
+            let flags = MountFlags {
+                local: input.local,
+                seal_wrap: input.seal_wrap,
+            };
             mount(
                 core,
                 st,
@@ -505,6 +630,7 @@ async fn mount_op(
                 &input.description,
                 config,
                 options,
+                flags,
             )
             .await?;
             Ok(Reply::Resp(None))
@@ -528,6 +654,7 @@ pub(crate) async fn mount(
     description: &str,
     config: MountConfig,
     options: BTreeMap<String, String>,
+    flags: MountFlags,
 ) -> Result<(), CoreError> {
     let _g = st.mount_lock.lock().await;
     if is_system_type(ty) || ty == "cubbyhole" && st.router.get("cubbyhole/").is_some() {
@@ -557,6 +684,8 @@ pub(crate) async fn mount(
     let mut entry = new_entry(table, path, ty, description)?;
     entry.config = config;
     entry.options = options;
+    entry.local = flags.local;
+    entry.seal_wrap = flags.seal_wrap;
     let mut entries: Vec<MountEntry> = st
         .storage
         .get_json(table.storage_key())
@@ -813,11 +942,9 @@ async fn leases(st: &Unsealed, rest: &str, req: &Request) -> Result<Reply, CoreE
             ));
         }
     }
-    if trimmed == "renew" && write {
-        let input: LeaseInput = req.parse()?;
-        if input.lease_id.is_empty() {
-            return Err(CoreError::BadRequest("lease_id must be specified".into()));
-        }
+    let renew_url = rest.strip_prefix("renew/");
+    if (trimmed == "renew" || renew_url.is_some()) && write {
+        let input = LeaseInput::parse_with_url(req, renew_url.unwrap_or_default())?;
         let l = st
             .expiration
             .renew(&input.lease_id, input.increment)
@@ -837,11 +964,9 @@ async fn leases(st: &Unsealed, rest: &str, req: &Request) -> Result<Reply, CoreE
             })),
         }));
     }
-    if trimmed == "revoke" && write {
-        let input: LeaseInput = req.parse()?;
-        if input.lease_id.is_empty() {
-            return Err(CoreError::BadRequest("lease_id must be specified".into()));
-        }
+    let revoke_url = rest.strip_prefix("revoke/");
+    if (trimmed == "revoke" || revoke_url.is_some()) && write {
+        let input = LeaseInput::parse_with_url(req, revoke_url.unwrap_or_default())?;
         st.expiration.revoke(&input.lease_id).await?;
         return Ok(Reply::Resp(None));
     }
@@ -908,5 +1033,41 @@ async fn password_policy_op(st: &Unsealed, rest: &str, req: &Request) -> Result<
             Ok(Reply::Resp(None))
         }
         _ => Err(CoreError::UnsupportedOperation),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rule_reaches_under;
+
+    #[test]
+    fn rules_reaching_under_a_mount() {
+        let yes = [
+            ("secret/data/app/*", "secret/"),
+            ("secret/data/app", "secret/"),
+            ("secret/*", "secret/"),
+            ("+/data/*", "secret/"),
+            ("+/*", "kv/"),
+            ("a/+/c*", "a/x/cat/"),
+            ("a/+/c*", "a/x/"),
+            ("+/data/*", "a/data/b/"),
+            ("auth/+/login", "auth/userpass/"),
+        ];
+        for (rule, mount) in yes {
+            assert!(rule_reaches_under(rule, mount), "{rule} under {mount}");
+        }
+        let no = [
+            ("secretive/*", "secret/"),
+            ("other/*", "secret/"),
+            ("+/data/*", "a/b/"),
+            ("+/x", "a/x/y/"),
+            ("a/+/c*", "a/x/dog/"),
+            ("segs/+/only/*", "hidden/"),
+            // Rules covering the mount itself are the ACL's to answer.
+            ("sec*", "secret/"),
+        ];
+        for (rule, mount) in no {
+            assert!(!rule_reaches_under(rule, mount), "{rule} under {mount}");
+        }
     }
 }

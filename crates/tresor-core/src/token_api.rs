@@ -189,11 +189,12 @@ pub(crate) async fn handle(
             if token.is_empty() {
                 return Err(CoreError::BadRequest("missing token to lookup".into()));
             }
+            // Vault answers an unknown token with 403 ("bad token").
             let entry = st
                 .tokens
                 .lookup(&token)
                 .await?
-                .ok_or_else(|| CoreError::BadRequest("bad token".into()))?;
+                .ok_or(CoreError::PermissionDenied)?;
             Ok(Reply::Resp(Some(lookup_response(&entry, &token))))
         }
         Path::LookupSelf if read_or_write => {
@@ -223,7 +224,7 @@ pub(crate) async fn handle(
                     st.tokens
                         .lookup(&body.token)
                         .await?
-                        .ok_or_else(|| CoreError::BadRequest("invalid token".into()))?
+                        .ok_or_else(|| CoreError::BadRequest("token not found".into()))?
                 }
                 _ => st
                     .tokens
@@ -244,9 +245,19 @@ pub(crate) async fn handle(
         Path::Revoke | Path::RevokeSelf | Path::RevokeOrphan | Path::RevokeAccessor if write => {
             let entry = match which {
                 Path::RevokeSelf => Some(caller_entry(caller)?.clone()),
+                // Unlike a token, an unknown accessor is an error (Vault:
+                // 400 "invalid accessor").
                 Path::RevokeAccessor => {
                     let acc = req.parse::<AccessorField>()?.accessor;
-                    st.tokens.lookup_accessor(&acc).await?
+                    if acc.is_empty() {
+                        return Err(CoreError::BadRequest("missing accessor".into()));
+                    }
+                    Some(
+                        st.tokens
+                            .lookup_accessor(&acc)
+                            .await?
+                            .ok_or_else(|| CoreError::BadRequest("invalid accessor".into()))?,
+                    )
                 }
                 _ => {
                     let t = req.parse::<TokenField>()?.token;
@@ -332,7 +343,10 @@ pub(crate) async fn handle(
             tracing::info!(cleaned = n, "token tidy finished");
             let mut m = Map::new();
             m.insert("cleaned".into(), json!(n));
-            Ok(Reply::Resp(Some(Response::data(m).warning("Tidy operation successfully started. Any information from the operation will be printed to Vault's server logs."))))
+            let mut resp = Response::data(m).warning("Tidy operation successfully started. Any information from the operation will be printed to Vault's server logs.");
+            // Vault answers 202 Accepted.
+            resp.status = Some(202);
+            Ok(Reply::Resp(Some(resp)))
         }
         _ => Err(CoreError::UnsupportedOperation),
     }

@@ -208,7 +208,10 @@ pub(crate) async fn handle(
             Ok(Reply::Body(wrap(st, resp, ttl, &e.path, &req.id).await?))
         }
         "wrap" if write => {
-            let ttl = wrap_ttl.unwrap_or(Duration::from_secs(300));
+            // Vault: wrapping is the whole point, so no TTL is an error.
+            let ttl = wrap_ttl.ok_or_else(|| {
+                CoreError::BadRequest("endpoint requires response wrapping to be used".into())
+            })?;
             let env = Envelope {
                 request_id: req.id.clone(),
                 data: Some(Value::Object(req.data.clone())),

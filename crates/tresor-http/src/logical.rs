@@ -19,7 +19,16 @@ use crate::error::ApiError;
 use crate::request::{self, DataSource};
 use crate::{sys, AppState, ConnInfo};
 
+/// `/v1/*path`; every other path nothing else routes is a 404.
 pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    if req
+        .uri()
+        .path()
+        .strip_prefix("/v1/")
+        .is_none_or(str::is_empty)
+    {
+        return crate::layers::not_found().await.into_response();
+    }
     match handle_inner(&state, req).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
@@ -33,6 +42,24 @@ fn is_ocsp_request(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/ocsp-request"))
 }
 
+/// Vault takes a PATCH only as a JSON merge patch (RFC 7396) and answers
+/// any other media type 415, before reading the body.
+fn check_merge_patch(headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("<not text>"))
+        .unwrap_or("");
+    // Parameters (`; charset=utf-8`) do not change the media type.
+    let media_type = value.split(';').next().unwrap_or("").trim();
+    if media_type.eq_ignore_ascii_case("application/merge-patch+json") {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!("PATCH requires Content-Type of application/merge-patch+json, got {media_type:?}"),
+    ))
+}
+
 async fn handle_inner(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let raw = parts.uri.path().strip_prefix("/v1/").unwrap_or_default();
@@ -41,13 +68,19 @@ async fn handle_inner(state: &AppState, req: Request) -> Result<Response, ApiErr
 
     if sys::is_sys_route(&path) {
         let bytes = request::read_body(&parts.headers, body, state.max_request_size).await?;
-        return sys::dispatch(state, &parts.method, &path, &pairs, &bytes).await;
+        // Boxed: the sealed-mode routes (unseal builds the whole core) are
+        // a large future that every `/v1/` request would otherwise carry
+        // and copy around.
+        return Box::pin(sys::dispatch(state, &parts.method, &path, &pairs, &bytes)).await;
     }
     if parts.method == Method::HEAD {
         return Err(ApiError::method_not_allowed());
     }
 
     let (operation, source) = request::operation(&parts.method, &pairs)?;
+    if operation == Operation::Patch {
+        check_merge_patch(&parts.headers)?;
+    }
     let data = match source {
         DataSource::Query => request::query_data(&pairs),
         DataSource::Body => {
@@ -69,20 +102,18 @@ async fn handle_inner(state: &AppState, req: Request) -> Result<Response, ApiErr
         path.push('/');
     }
 
-    let conn = parts
-        .extensions
-        .get::<ConnInfo>()
-        .cloned()
-        .unwrap_or_default();
+    let conn = parts.extensions.get::<ConnInfo>();
     let core_req = CoreRequest {
         operation,
         path,
         data,
         token: request::token(&parts.headers),
         wrap_ttl: request::wrap_ttl(&parts.headers)?,
-        remote_addr: conn.remote.map(|a| a.ip()),
+        remote_addr: conn.and_then(|c| c.remote).map(|a| a.ip()),
         headers: request::forwarded_headers(&parts.headers),
-        peer_certificates: conn.peer_certificates.as_ref().clone(),
+        peer_certificates: conn
+            .map(|c| c.peer_certificates.as_ref().clone())
+            .unwrap_or_default(),
     };
     let resp = handle_detached(&state.core, core_req).await?;
     Ok(core_response(resp))
@@ -157,12 +188,33 @@ pub(crate) fn core_response(resp: CoreResponse) -> Response {
     };
     match resp.body {
         ResponseBody::Empty => StatusCode::NO_CONTENT.into_response(),
-        ResponseBody::Envelope(env) => (status, axum::Json(env)).into_response(),
-        ResponseBody::Json(value) => (status, axum::Json(value)).into_response(),
+        ResponseBody::Envelope(env) => json_response(status, &env),
+        ResponseBody::Json(value) => json_response(status, &value),
         ResponseBody::Raw { content_type, body } => {
             let ct = HeaderValue::from_str(&content_type)
                 .unwrap_or(HeaderValue::from_static("application/octet-stream"));
             (status, [(header::CONTENT_TYPE, ct)], body).into_response()
+        }
+    }
+}
+
+/// `axum::Json`, with a buffer sized for a typical answer up front: axum's
+/// starts at 128 bytes and grows (copying) on nearly every answer.
+fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    let mut buf = Vec::with_capacity(1024);
+    match serde_json::to_writer(&mut buf, value) {
+        Ok(()) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            buf,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise an answer");
+            ApiError::internal().into_response()
         }
     }
 }
@@ -174,6 +226,25 @@ mod tests {
     use std::time::Duration;
 
     use super::CompleteOnDrop;
+
+    #[test]
+    fn patch_takes_only_merge_patch() {
+        use http::{header, HeaderMap, HeaderValue};
+        let with = |ct: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            if let Some(ct) = ct {
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            }
+            super::check_merge_patch(&h).map_err(|e| e.status.as_u16())
+        };
+        assert_eq!(with(Some("application/merge-patch+json")), Ok(()));
+        assert_eq!(
+            with(Some("Application/Merge-Patch+JSON; charset=utf-8")),
+            Ok(())
+        );
+        assert_eq!(with(Some("application/json")), Err(415));
+        assert_eq!(with(None), Err(415));
+    }
 
     #[tokio::test]
     async fn a_request_dropped_mid_flight_still_completes() {

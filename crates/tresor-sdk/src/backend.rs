@@ -117,7 +117,14 @@ pub trait Backend: Send + Sync {
         storage: &dyn Storage,
     ) -> Result<Option<Response>, BackendError>;
 
-    /// Periodic housekeeping (tidy), called by the core about once a minute.
+    /// How often the core calls [`Backend::periodic`]. A minute suits
+    /// tidying; backends that run user schedules (rotations) ask for less.
+    fn periodic_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(60)
+    }
+
+    /// Periodic housekeeping (tidy, scheduled rotations), called by the core
+    /// every [`Backend::periodic_interval`], never overlapping itself.
     async fn periodic(&self, _storage: &dyn Storage) -> Result<(), BackendError> {
         Ok(())
     }

@@ -198,7 +198,7 @@ impl PolicyStore {
     }
 
     /// Every policy name, sorted, `root` and `default` included — what
-    /// Vault's `sys/policy` lists.
+    /// Vault lists at both `sys/policy` and `LIST sys/policies/acl`.
     pub async fn list(&self) -> Result<Vec<String>, CoreError> {
         let mut names: BTreeSet<String> = self
             .storage
@@ -210,14 +210,6 @@ impl PolicyStore {
         names.insert(ROOT_POLICY_NAME.to_string());
         names.insert(DEFAULT_POLICY_NAME.to_string());
         Ok(names.into_iter().collect())
-    }
-
-    /// [`PolicyStore::list`] without `root`, as Vault's `sys/policies/acl`
-    /// LIST answers.
-    pub async fn list_acl(&self) -> Result<Vec<String>, CoreError> {
-        let mut names = self.list().await?;
-        names.retain(|n| n != ROOT_POLICY_NAME);
-        Ok(names)
     }
 
     /// The compiled ACL of a token's policies. Names are normalised and
@@ -380,10 +372,6 @@ mod tests {
         assert_eq!(
             store.list().await.expect("list"),
             names(&["default", "dev", "root"])
-        );
-        assert_eq!(
-            store.list_acl().await.expect("list"),
-            names(&["default", "dev"])
         );
 
         store.delete("dev").await.expect("delete");

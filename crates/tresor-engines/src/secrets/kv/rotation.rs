@@ -21,7 +21,7 @@
 //! `?version=N-1` until they have switched and not after. A zero
 //! `grace_period` leaves the previous version as any write would.
 //!
-//! `periodic` (once a minute) rotates every rule whose persisted
+//! `periodic` (every 5 s) rotates every rule whose persisted
 //! `next_rotation` has passed, so schedules survive restarts. A failure
 //! leaves the secret untouched, is logged without secret values, counted in
 //! `tresor_kv_rotation_failures_total`, and kept as `last_rotation_error`.

@@ -157,7 +157,9 @@ struct KeyMetadata {
     delete_version_after: Duration,
     #[serde(default)]
     custom_metadata: BTreeMap<String, String>,
+    #[serde(deserialize_with = "stored_time")]
     created_time: DateTime<Utc>,
+    #[serde(deserialize_with = "stored_time")]
     updated_time: DateTime<Utc>,
     #[serde(default)]
     versions: BTreeMap<u64, VersionMeta>,
@@ -165,15 +167,57 @@ struct KeyMetadata {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct VersionMeta {
+    #[serde(deserialize_with = "stored_time")]
     created_time: DateTime<Utc>,
     /// Set by a delete, or at write time when `delete_version_after`
     /// applies (then it lies in the future until it passes).
+    #[serde(default, deserialize_with = "stored_time_opt")]
     deletion_time: Option<DateTime<Utc>>,
     destroyed: bool,
     /// Set on the version a rotation replaced: until then it is kept
     /// whatever `max_versions` says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "stored_time_opt"
+    )]
     grace_until: Option<DateTime<Utc>>,
+}
+
+/// A timestamp of the stored metadata (written by us, RFC 3339). serde's
+/// default goes through chrono's `FromStr`, the relaxed format-item parser,
+/// and cost a KV read more than its decryption; the dedicated RFC 3339
+/// parser gives the same instant for the same text. Text it refuses still
+/// goes through `FromStr`, so what was readable stays readable.
+struct StoredTime(DateTime<Utc>);
+
+impl<'de> Deserialize<'de> for StoredTime {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = StoredTime;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an RFC 3339 timestamp")
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<StoredTime, E> {
+                match DateTime::parse_from_rfc3339(s) {
+                    Ok(t) => Ok(StoredTime(t.with_timezone(&Utc))),
+                    Err(_) => s.parse().map(StoredTime).map_err(E::custom),
+                }
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+fn stored_time<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    StoredTime::deserialize(d).map(|t| t.0)
+}
+
+fn stored_time_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    Option::<StoredTime>::deserialize(d).map(|t| t.map(|t| t.0))
 }
 
 impl VersionMeta {
@@ -211,7 +255,18 @@ fn metadata_key(path: &str) -> String {
 }
 
 fn version_key(path: &str, version: u64) -> String {
-    format!("{VERSIONS_PREFIX}{}/{version}", hex::encode(path))
+    // Every read builds one: bytes pushed directly rather than through
+    // `format!` and `hex::encode`'s char iterator.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut key = String::with_capacity(VERSIONS_PREFIX.len() + 2 * path.len() + 21);
+    key.push_str(VERSIONS_PREFIX);
+    for b in path.bytes() {
+        key.push(char::from(HEX[usize::from(b >> 4)]));
+        key.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    key.push('/');
+    key.push_str(&version.to_string());
+    key
 }
 
 async fn load_config(storage: &dyn Storage) -> Result<Config, BackendError> {
@@ -745,10 +800,14 @@ impl KvV2 {
             });
         }
         match storage.get_json::<Map>(&version_key(path, version)).await? {
-            Some(data) => Ok(Some(Response::with_data(&DataOut {
-                data: Some(data),
-                metadata,
-            })?)),
+            Some(data) => {
+                // `DataOut`'s shape, without a serialisation round trip
+                // (a deep copy) of the secret's data.
+                let mut out = Map::new();
+                out.insert("data".into(), Value::Object(data));
+                out.insert("metadata".into(), serde_json::to_value(&metadata)?);
+                Ok(Some(Response::data(out)))
+            }
             None => Err(BackendError::Internal(format!(
                 "kv: version {version} of a secret has metadata but no data"
             ))),
@@ -951,6 +1010,14 @@ impl KvV2 {
         }
         meta.updated_time = now;
         storage.put_json(&metadata_key(path), &meta).await?;
+        if patch {
+            // `None` to a PATCH means "nothing to patch" (404) in the core;
+            // a successful one is Vault's 204.
+            return Ok(Some(Response {
+                status: Some(204),
+                ..Response::default()
+            }));
+        }
         Ok(None)
     }
 
@@ -1134,6 +1201,11 @@ impl Backend for KvV2 {
         }
     }
 
+    /// Rotation schedules go down to a second; the core's tick is 5 s.
+    fn periodic_interval(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+
     /// Scheduled rotations.
     async fn periodic(&self, storage: &dyn Storage) -> Result<(), BackendError> {
         self.rotate_due(storage).await
@@ -1180,5 +1252,37 @@ mod tests {
     fn version_keys_do_not_collide_across_folders() {
         assert_ne!(version_key("a", 1), version_key("a/1", 1));
         assert!(!version_key("a/1", 1).starts_with(&format!("{}/", version_key("a", 1))));
+        assert_eq!(
+            version_key("a/é", 12),
+            format!("versions/{}/12", hex::encode("a/é"))
+        );
+    }
+
+    #[test]
+    fn stored_times_read_as_chrono_reads_them() {
+        for s in [
+            "2024-01-02T03:04:05Z",
+            "2024-01-02T03:04:05.123456789Z",
+            "2024-01-02T05:04:05.5+02:00",
+            "2024-01-02t03:04:05z",
+            "2024-01-02 03:04:05Z",
+            "2024-01-02T03:04:05",
+            "yesterday",
+            "",
+        ] {
+            let v = Value::String(s.into());
+            let ours = serde_json::from_value::<StoredTime>(v.clone()).map(|t| t.0);
+            let chrono = serde_json::from_value::<DateTime<Utc>>(v);
+            assert_eq!(ours.ok(), chrono.ok(), "{s:?}");
+        }
+        #[derive(Deserialize)]
+        struct Opt {
+            #[serde(default, deserialize_with = "stored_time_opt")]
+            t: Option<DateTime<Utc>>,
+        }
+        let opt = |j: &str| serde_json::from_str::<Opt>(j).ok().map(|o| o.t);
+        assert_eq!(opt("{}"), Some(None));
+        assert_eq!(opt(r#"{"t": null}"#), Some(None));
+        assert!(opt(r#"{"t": "2024-01-02T03:04:05Z"}"#).is_some_and(|t| t.is_some()));
     }
 }

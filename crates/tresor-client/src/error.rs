@@ -76,6 +76,13 @@ pub enum ClientError {
     },
     #[error("HOME is not set: cannot locate the token file")]
     NoHome,
+    /// No usable AWS credentials or region for an aws login (the message
+    /// never carries a secret).
+    #[error("{0}")]
+    AwsCredentials(String),
+    /// SigV4 signing of the login request failed.
+    #[error("signing the AWS login request: {0}")]
+    AwsSigning(String),
 }
 
 impl ClientError {

@@ -7,6 +7,7 @@
 //! generate-root) have typed helpers in [`sys`](Client::seal_status).
 #![forbid(unsafe_code)]
 
+pub mod aws;
 mod error;
 mod kv;
 mod sys;

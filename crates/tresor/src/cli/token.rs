@@ -7,13 +7,15 @@ use super::{CmdResult, Ctx};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use tresor_api::Envelope;
+use tresor_client::aws::{AwsCredentials, AwsIamLogin};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct LoginArgs {
     /// Token (method token), read from the terminal when missing or `-`.
     token: Option<String>,
-    /// Auth method: token (default), userpass, ldap, approle, or any other
-    /// method whose login takes k=v fields.
+    /// Auth method: token (default), userpass, ldap, approle, aws (IAM:
+    /// role=R [header_value=V] [region=R]; signs with AWS_* credentials), or
+    /// any other method whose login takes k=v fields.
     #[arg(long, default_value = "token")]
     method: String,
     /// Mount path of the auth method (default: the method name).
@@ -328,6 +330,25 @@ pub(crate) async fn login(ctx: &Ctx, a: LoginArgs) -> CmdResult {
         fields.insert(0, t.clone());
     }
     let mut body = Input::new(&mut std::io::stdin()).parse(&fields)?;
+    if a.method == "aws" {
+        let (login, creds, mount_field) = aws_login_args(body, |k| std::env::var(k).ok())?;
+        // `mount=` is how Vault's CLI handler names the mount; -path wins.
+        let mount = match (&a.path, mount_field) {
+            (None, Some(m)) => m,
+            _ => mount,
+        };
+        let env = ctx
+            .client
+            .login_aws_iam(&mount, &login, &creds)
+            .await
+            .map_err(api("Error authenticating"))?;
+        let auth = env
+            .auth
+            .clone()
+            .ok_or_else(|| CliError::Msg("Error authenticating: no auth in answer".into()))?;
+        let rows = super::output::secret_rows(&env);
+        return finish_login(ctx, &a, &auth.client_token, &rows, &env);
+    }
     let path = match a.method.as_str() {
         "userpass" | "ldap" | "okta" | "radius" => {
             let user = body
@@ -359,6 +380,65 @@ pub(crate) async fn login(ctx: &Ctx, a: LoginArgs) -> CmdResult {
         .ok_or_else(|| CliError::Msg("Error authenticating: no auth in answer".into()))?;
     let rows = super::output::secret_rows(&env);
     finish_login(ctx, &a, &auth.client_token, &rows, &env)
+}
+
+/// The k=v fields of `login -method=aws`, as Vault's CLI handler reads
+/// them: `role`, `header_value`, `region` (`auto`: from AWS_REGION or
+/// AWS_DEFAULT_REGION), `mount`, and explicit credentials
+/// (`aws_access_key_id`, `aws_secret_access_key`, `aws_security_token`),
+/// else the AWS_* environment (read through `env`). Returns the mount given
+/// as `mount=`, if any.
+fn aws_login_args(
+    mut body: Map<String, Value>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(AwsIamLogin, AwsCredentials, Option<String>), CliError> {
+    let mut take = |k: &str| -> Result<Option<String>, CliError> {
+        match body.remove(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(CliError::Usage(format!(
+                "-method=aws: {k} must be a string"
+            ))),
+        }
+    };
+    let role = take("role")?;
+    let server_id = take("header_value")?;
+    let mut region = take("region")?;
+    let mount = take("mount")?;
+    let key_id = take("aws_access_key_id")?;
+    let secret = take("aws_secret_access_key")?;
+    let session = take("aws_security_token")?;
+    // Accepted for compatibility with Vault's handler; we log nothing here.
+    take("log_level")?;
+    if let Some(unknown) = body.keys().next() {
+        return Err(CliError::Usage(format!(
+            "-method=aws: unknown field {unknown:?}; expected role, header_value, region, mount, \
+             aws_access_key_id, aws_secret_access_key, aws_security_token"
+        )));
+    }
+    if region.as_deref() == Some("auto") {
+        region = env("AWS_REGION")
+            .filter(|r| !r.is_empty())
+            .or_else(|| env("AWS_DEFAULT_REGION").filter(|r| !r.is_empty()));
+    }
+    let creds = match (key_id, secret) {
+        (Some(id), Some(secret)) => AwsCredentials::new(id, secret, session),
+        (None, None) => AwsCredentials::from_env_with(env).map_err(api("Error authenticating"))?,
+        _ => {
+            return Err(CliError::Usage(
+                "-method=aws: give both aws_access_key_id and aws_secret_access_key, or neither \
+                 (to use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                    .into(),
+            ))
+        }
+    };
+    let login = AwsIamLogin {
+        role,
+        server_id,
+        region,
+    };
+    Ok((login, creds, mount))
 }
 
 fn finish_login(
@@ -466,6 +546,54 @@ mod tests {
             create_body(&a).unwrap(),
             json!({"policies": ["a", "b"], "ttl": "1h", "num_uses": 3, "no_parent": true, "renewable": false, "meta": {"team": "x"}})
         );
+    }
+
+    fn fields(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn aws_login_fields_like_vaults_handler() {
+        let env = |k: &str| match k {
+            "AWS_ACCESS_KEY_ID" => Some("AKIDENV".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("env-secret".to_string()),
+            "AWS_REGION" => Some("eu-central-1".to_string()),
+            _ => None,
+        };
+        let (login, creds, mount) = aws_login_args(
+            fields(json!({"role": "dev", "header_value": "tresor.example.com", "mount": "aws2"})),
+            env,
+        )
+        .unwrap();
+        assert_eq!(login.role.as_deref(), Some("dev"));
+        assert_eq!(login.server_id.as_deref(), Some("tresor.example.com"));
+        assert_eq!(login.region(), "us-east-1");
+        assert_eq!(creds.access_key_id(), "AKIDENV");
+        assert_eq!(mount.as_deref(), Some("aws2"));
+
+        // Explicit credentials win over the environment; region=auto reads it.
+        let (login, creds, _) = aws_login_args(
+            fields(json!({"aws_access_key_id": "AKIDARG", "aws_secret_access_key": "s", "region": "auto"})),
+            env,
+        )
+        .unwrap();
+        assert_eq!(creds.access_key_id(), "AKIDARG");
+        assert_eq!(login.region(), "eu-central-1");
+
+        for bad in [
+            json!({"role": "dev", "headervalue": "x"}),
+            json!({"aws_access_key_id": "AKIDARG"}),
+            json!({"role": ["dev"]}),
+        ] {
+            assert!(
+                matches!(
+                    aws_login_args(fields(bad.clone()), env),
+                    Err(CliError::Usage(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(aws_login_args(fields(json!({"role": "dev"})), |_| None).is_err());
     }
 
     #[test]

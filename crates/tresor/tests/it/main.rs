@@ -2,5 +2,6 @@
 //! whole dependency graph instead of one per file keeps CI's disk and time in bounds.
 mod canary;
 mod cli;
+mod cli_aws;
 mod common;
 mod crash;

@@ -340,6 +340,15 @@ pub(super) async fn issue(
         } else {
             pem_key.expose().trim_end().to_string()
         };
+        // Vault's pem_bundle (certutil's ToPEMBundle) starts with the key.
+        if format == "pem_bundle" {
+            let cert = data
+                .get("certificate")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let bundle = format!("{value}\n{cert}");
+            data.insert("certificate".into(), Value::String(bundle));
+        }
         data.insert("private_key".into(), Value::String(value));
         data.insert("private_key_type".into(), json!(key_type));
     }

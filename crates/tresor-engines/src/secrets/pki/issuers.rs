@@ -412,6 +412,17 @@ pub(super) async fn generate_root(
             json!(key_entry.private_key.expose().trim_end()),
         );
         data.insert("private_key_type".into(), json!(key_entry.key_type));
+        // Vault's pem_bundle is the whole bundle: the key, then the certificate.
+        if r.format == "pem_bundle" {
+            data.insert(
+                "certificate".into(),
+                json!(format!(
+                    "{}\n{}",
+                    key_entry.private_key.expose().trim_end(),
+                    render(&r.format, &der)
+                )),
+            );
+        }
     }
     Ok(Response::data(data))
 }
@@ -608,8 +619,15 @@ pub(super) async fn sign_intermediate(
     for c in chain_of(&loaded.entry) {
         chain.push(render_pem(&r.format, &c)?);
     }
+    // As in Vault, a pem_bundle certificate carries its issuers' chain, so
+    // it can go to intermediate/set-signed as it is.
+    let certificate = if r.format == "pem_bundle" {
+        chain.join("\n")
+    } else {
+        render(&r.format, &der)
+    };
     Ok(Response::data(obj(json!({
-        "certificate": render(&r.format, &der),
+        "certificate": certificate,
         "issuing_ca": render(&r.format, &loaded.der),
         "ca_chain": chain,
         "serial_number": serial,

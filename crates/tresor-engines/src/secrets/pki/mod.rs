@@ -463,6 +463,16 @@ impl Backend for Pki {
             }
             _ => return Err(BackendError::UnsupportedOperation),
         };
+        // Vault answers a LIST with nothing in it 404, as `vault list` expects.
+        let empty_list = op == List
+            && r.data
+                .as_ref()
+                .and_then(|d| d.get("keys"))
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty);
+        if empty_list {
+            return Ok(None);
+        }
         Ok(Some(r))
     }
 

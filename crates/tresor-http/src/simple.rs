@@ -5,19 +5,24 @@
 //!
 //! | route | core requests |
 //! | --- | --- |
-//! | `GET /api/v1/secrets/{path}` | read `<mount>/data/{path}`; then `<mount>/rotation/{path}` and, during a grace period, `<mount>/data/{path}?version=N-1` |
+//! | `GET /api/v1/secrets/{path}` | read `<mount>/data/{path}`; during a grace period also `<mount>/data/{path}?version=<previous_version>` |
 //! | `PUT /api/v1/secrets/{path}` | write `<mount>/data/{path}` |
 //! | `POST /api/v1/secrets/{path}/rotate` | write `<mount>/rotate/{path}` |
+//! | `POST /api/v1/auth/login` | write `auth/<mount>/login` (`login/<username>` for userpass and ldap); `token`: read `auth/token/lookup-self` |
 //!
-//! `<mount>` is `secret` or `?mount=`. The `previous` block is built from
-//! the rotation record read with the caller's own token, so a token that
-//! may read the secret but not `<mount>/rotation/{path}` simply gets no
-//! `previous` block. Errors are `{"error": "..."}` with the status the one
-//! mapping in `error::core_error` chose.
+//! `<mount>` is `secret` or `?mount=`. The `previous` block comes from the
+//! secret's own answer: during a rotation's grace period KV v2 names the
+//! retired version in the current version's `metadata`
+//! (`previous_version`, `grace_until`), and that version is read from the
+//! same path. So whoever may read `<mount>/data/{path}` gets `previous`,
+//! and no other path (the rotation rule at `<mount>/rotation/{path}` in
+//! particular) needs to be granted. Errors are `{"error": "..."}` with the
+//! status the one mapping in `error::core_error` chose.
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method, StatusCode};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tresor_core::core::ResponseBody;
 use tresor_core::{CoreError, CoreRequest, CoreResponse};
@@ -73,6 +78,50 @@ fn envelope_data(resp: CoreResponse) -> Option<Value> {
         ResponseBody::Json(v) => Some(v),
         _ => None,
     }
+}
+
+/// The `data` of a KV v2 `data/<path>` read.
+#[derive(Debug, Deserialize)]
+struct KvRead {
+    /// `null` for a deleted or destroyed version.
+    #[serde(default)]
+    data: Option<Map>,
+    #[serde(default)]
+    metadata: KvVersionMeta,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct KvVersionMeta {
+    #[serde(default)]
+    version: Option<u64>,
+    #[serde(default)]
+    created_time: Option<String>,
+    /// Present only while the version a rotation replaced is in its grace
+    /// period.
+    #[serde(default)]
+    previous_version: Option<u64>,
+}
+
+/// Reads `<mount>/data/{path}` (at `version`, or the latest) with the
+/// caller's token; `Ok(None)` when that version is deleted or destroyed.
+async fn read_version(
+    state: &AppState,
+    t: &Target<'_>,
+    version: Option<u64>,
+) -> Result<Option<(Map, KvVersionMeta)>, ApiError> {
+    let mut q = Map::new();
+    if let Some(v) = version {
+        q.insert("version".into(), json!(v));
+    }
+    let resp =
+        crate::logical::handle_detached(&state.core, t.request(Operation::Read, "data", q)).await?;
+    let Some(data) = envelope_data(resp) else {
+        return Err(CoreError::NotFound.into());
+    };
+    // Not the answer of a KV v2 engine: `?mount=` names another kind.
+    let read: KvRead = serde_json::from_value(data)
+        .map_err(|_| ApiError::bad_request(format!("{} is not a KV version 2 mount", t.mount)))?;
+    Ok(read.data.map(|d| (d, read.metadata)))
 }
 
 pub(crate) async fn secret(State(state): State<AppState>, req: Request) -> Response {
@@ -149,28 +198,18 @@ async fn secret_inner(state: &AppState, req: Request) -> Result<Response, ApiErr
 
     match parts.method {
         Method::GET => {
-            let data = envelope_data(
-                crate::logical::handle_detached(
-                    &state.core,
-                    t.request(Operation::Read, "data", Map::new()),
-                )
-                .await?,
-            )
-            .ok_or_else(|| ApiError::from(CoreError::NotFound))?;
-            let secret = data.get("data").cloned().unwrap_or(Value::Null);
-            if secret.is_null() {
-                // KV v2 answers a deleted or destroyed version without data.
-                return Err(CoreError::NotFound.into());
-            }
-            let meta = data.get("metadata").cloned().unwrap_or(Value::Null);
+            // KV v2 answers a deleted or destroyed version without data.
+            let (secret, meta) = read_version(state, &t, None)
+                .await?
+                .ok_or_else(|| ApiError::from(CoreError::NotFound))?;
             let mut out = json!({
                 "path": path,
                 "mount": shown_mount,
-                "version": meta.get("version").cloned().unwrap_or(Value::Null),
-                "created_time": meta.get("created_time").cloned().unwrap_or(Value::Null),
+                "version": meta.version,
+                "created_time": meta.created_time,
                 "data": secret,
             });
-            if let Some(prev) = previous(state, &t).await {
+            if let Some(prev) = previous(state, &t, &meta).await {
                 out["previous"] = prev;
             }
             Ok(axum::Json(out).into_response())
@@ -231,36 +270,19 @@ async fn secret_inner(state: &AppState, req: Request) -> Result<Response, ApiErr
 }
 
 /// `{"version", "data"}` of the version a rotation replaced, while its
-/// grace period runs; `None` otherwise, or when the caller may not see it.
-async fn previous(state: &AppState, t: &Target<'_>) -> Option<Value> {
-    let rotation = match crate::logical::handle_detached(
-        &state.core,
-        t.request(Operation::Read, "rotation", Map::new()),
-    )
-    .await
-    {
-        Ok(r) => envelope_data(r)?,
+/// grace period runs (as the current version's metadata says); `None`
+/// otherwise, or when that version cannot be read (its grace period ended
+/// between the two reads).
+async fn previous(state: &AppState, t: &Target<'_>, current: &KvVersionMeta) -> Option<Value> {
+    let version = current.previous_version.filter(|v| *v > 0)?;
+    match read_version(state, t, Some(version)).await {
+        Ok(Some((secret, _))) => Some(json!({ "version": version, "data": secret })),
+        Ok(None) => None,
         Err(e) => {
-            tracing::debug!(error = ?e, "simple api: no rotation state for the previous block");
-            return None;
+            tracing::debug!(status = %e.status, "simple api: previous version not readable");
+            None
         }
-    };
-    if rotation.get("in_grace_period") != Some(&Value::Bool(true)) {
-        return None;
     }
-    let version = rotation
-        .get("previous_version")
-        .and_then(Value::as_u64)
-        .filter(|v| *v > 0)?;
-    let mut q = Map::new();
-    q.insert("version".into(), json!(version));
-    let data = envelope_data(
-        crate::logical::handle_detached(&state.core, t.request(Operation::Read, "data", q))
-            .await
-            .ok()?,
-    )?;
-    let secret = data.get("data").filter(|d| !d.is_null())?.clone();
-    Some(json!({ "version": version, "data": secret }))
 }
 
 pub(crate) async fn login(State(state): State<AppState>, req: Request) -> Response {
@@ -270,17 +292,27 @@ pub(crate) async fn login(State(state): State<AppState>, req: Request) -> Respon
     }
 }
 
-/// Where a method logs in by default, relative to its mount.
+/// Where a method logs in, under `auth/<mount>/`.
+///
+/// The mount is a path and is checked as one. The username of userpass and
+/// ldap is a name taken from JSON, not a piece of URL: it is appended as
+/// it is (no percent-decoding, which would make `al%69ce` log in as
+/// `alice`), and one holding a `/` or a control character is refused
+/// rather than allowed to name another path.
 fn login_path(method: &str, mount: &str, body: &Map) -> Result<String, ApiError> {
+    let base = request::normalize_path(&format!("auth/{mount}"))?;
     match method {
         "userpass" | "ldap" => {
             let user = match body.get("username") {
                 Some(Value::String(u)) if !u.trim().is_empty() => u.trim(),
                 _ => return Err(ApiError::bad_request("missing 'username'")),
             };
-            Ok(format!("auth/{mount}/login/{user}"))
+            if user.contains('/') || user == ".." || user.chars().any(char::is_control) {
+                return Err(ApiError::bad_request("invalid 'username'"));
+            }
+            Ok(format!("{base}/login/{user}"))
         }
-        _ => Ok(format!("auth/{mount}/login")),
+        _ => Ok(format!("{base}/login")),
     }
 }
 
@@ -312,7 +344,11 @@ async fn login_inner(state: &AppState, req: Request) -> Result<Response, ApiErro
             "token": token,
             "accessor": data.get("accessor").cloned().unwrap_or(Value::Null),
             "policies": data.get("policies").cloned().unwrap_or(json!([])),
-            "expires_at": data.get("expire_time").cloned().unwrap_or(Value::Null),
+            "expires_at": data
+                .get("expire_time")
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| rfc3339_secs(t.with_timezone(&chrono::Utc))),
         }))
         .into_response());
     }
@@ -332,7 +368,6 @@ async fn login_inner(state: &AppState, req: Request) -> Result<Response, ApiErro
         Some(_) => return Err(ApiError::bad_request("'mount' must be a string")),
     };
     let path = login_path(&method, &mount, &body)?;
-    let path = request::normalize_path(&path)?;
     if matches!(method.as_str(), "userpass" | "ldap") {
         body.remove("username");
     }
@@ -354,18 +389,24 @@ async fn login_inner(state: &AppState, req: Request) -> Result<Response, ApiErro
             "auth method {method:?} at auth/{mount}/ returned no token"
         ))
     })?;
-    let expires_at = (auth.lease_duration > 0).then(|| {
-        chrono::Utc::now()
-            .checked_add_signed(chrono::Duration::seconds(auth.lease_duration as i64))
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-    });
+    // Zero: a token that does not expire (`null`, as for the root token).
+    let expires_at = i64::try_from(auth.lease_duration)
+        .ok()
+        .filter(|secs| *secs > 0)
+        .and_then(|secs| chrono::Utc::now().checked_add_signed(chrono::Duration::seconds(secs)))
+        .map(rfc3339_secs);
     Ok(axum::Json(json!({
         "token": auth.client_token,
         "accessor": auth.accessor,
         "policies": auth.policies,
-        "expires_at": expires_at.flatten(),
+        "expires_at": expires_at,
     }))
     .into_response())
+}
+
+/// `expires_at`, the same for every method: RFC 3339, UTC, to the second.
+fn rfc3339_secs(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 pub(crate) async fn health(State(state): State<AppState>) -> Response {

@@ -21,6 +21,15 @@
 //! `?version=N-1` until they have switched and not after. A zero
 //! `grace_period` leaves the previous version as any write would.
 //!
+//! Consumers learn of the grace period from the secret itself: while it
+//! runs, a read of the current version through `data/<path>` carries
+//! `previous_version` and `grace_until` in its `metadata` (see
+//! `v2::grace_of`), so a token that may read `data/<path>` needs no
+//! access to `rotation/<path>`. A plain write after the rotation ends
+//! that announcement (the rotated value is no longer the current one),
+//! though the retired version stays readable by number until its grace
+//! ends.
+//!
 //! `periodic` (every 5 s) rotates every rule whose persisted
 //! `next_rotation` has passed, so schedules survive restarts. A failure
 //! leaves the secret untouched, is logged without secret values, counted in

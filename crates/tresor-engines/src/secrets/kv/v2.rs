@@ -4,7 +4,7 @@
 //! | path | operations |
 //! | --- | --- |
 //! | `config` | read, write |
-//! | `data/<path>` | read (`?version=`), write, patch, delete (latest version) |
+//! | `data/<path>` | read (`?version=`; during a rotation's grace period the current version's `metadata` also names `previous_version` and `grace_until`), write, patch, delete (latest version) |
 //! | `delete/<path>`, `undelete/<path>`, `destroy/<path>` | write `{"versions": [...]}` |
 //! | `metadata/<path>` | read, write, patch, delete (everything), list |
 //! | `subkeys/<path>` | read (`?version=&depth=`) |
@@ -522,6 +522,13 @@ fn custom_out(m: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> 
 }
 
 /// The metadata of one version, as `data/` reads and writes answer it.
+///
+/// `previous_version` and `grace_until` are ours, not Vault's: a read of
+/// the current version carries them while the version a rotation replaced
+/// is in its grace period, so that a consumer allowed to read
+/// `data/<path>` learns which `?version=` still holds the old value
+/// without needing access to `rotation/<path>`. They are left out
+/// otherwise; Vault clients ignore unknown metadata fields.
 #[derive(Debug, Serialize)]
 struct VersionOut {
     created_time: String,
@@ -529,6 +536,10 @@ struct VersionOut {
     deletion_time: String,
     destroyed: bool,
     version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grace_until: Option<String>,
 }
 
 impl VersionOut {
@@ -539,8 +550,40 @@ impl VersionOut {
             deletion_time: opt_ts(&vm.deletion_time),
             destroyed: vm.destroyed,
             version,
+            previous_version: None,
+            grace_until: None,
         }
     }
+
+    /// Adds the grace state of `version`, if it has one (see [`grace_of`]).
+    fn with_grace(mut self, meta: &KeyMetadata, version: u64, now: DateTime<Utc>) -> Self {
+        if let Some((previous, until)) = grace_of(meta, version, now) {
+            self.previous_version = Some(previous);
+            self.grace_until = Some(ts(&until));
+        }
+        self
+    }
+}
+
+/// The version a rotation replaced and the end of its grace period, when
+/// `version` is the current version, the one just before it is in its
+/// grace period, and it is still readable (not deleted or destroyed by
+/// hand meanwhile).
+///
+/// Only the version directly before the current one counts: a plain write
+/// after a rotation supersedes the rotated value, and the version that
+/// rotation retired is then two steps back, no longer "the previous
+/// value" (it stays readable by `?version=` until its grace ends).
+fn grace_of(meta: &KeyMetadata, version: u64, now: DateTime<Utc>) -> Option<(u64, DateTime<Utc>)> {
+    if version != meta.current_version {
+        return None;
+    }
+    let previous = version.checked_sub(1).filter(|p| *p > 0)?;
+    let vm = meta.versions.get(&previous)?;
+    if !vm.is_live(now) || !vm.in_grace(now) {
+        return None;
+    }
+    vm.grace_until.map(|until| (previous, until))
 }
 
 #[derive(Debug, Serialize)]
@@ -792,13 +835,15 @@ impl KvV2 {
         let Some(vm) = meta.versions.get(&version) else {
             return Ok(None);
         };
+        let now = Utc::now();
         let metadata = VersionOut::new(&meta, version, vm);
-        if !vm.is_live(Utc::now()) {
+        if !vm.is_live(now) {
             return not_found_with(&DataOut {
                 data: None,
                 metadata,
             });
         }
+        let metadata = metadata.with_grace(&meta, version, now);
         match storage.get_json::<Map>(&version_key(path, version)).await? {
             Some(data) => {
                 // `DataOut`'s shape, without a serialisation round trip
@@ -1246,6 +1291,54 @@ mod tests {
             Value::Object(subkeys(&d, 1, 1)),
             json!({"foo": null, "bar": null, "quux": null})
         );
+    }
+
+    fn version(created: DateTime<Utc>, grace_until: Option<DateTime<Utc>>) -> VersionMeta {
+        VersionMeta {
+            created_time: created,
+            deletion_time: grace_until,
+            destroyed: false,
+            grace_until,
+        }
+    }
+
+    #[test]
+    fn grace_is_announced_only_on_the_current_version_after_a_rotation() {
+        let now = Utc::now();
+        let later = now + chrono::Duration::seconds(60);
+        let mut meta = KeyMetadata::new(now);
+        meta.versions.insert(1, version(now, Some(later)));
+        meta.versions.insert(2, version(now, None));
+        meta.current_version = 2;
+        assert_eq!(grace_of(&meta, 2, now), Some((1, later)));
+        // An older version read by number does not announce it.
+        assert_eq!(grace_of(&meta, 1, now), None);
+        // Nor after the grace period.
+        assert_eq!(grace_of(&meta, 2, later), None);
+
+        // A plain write after the rotation: the rotated value is no
+        // longer current, so there is no previous value in grace.
+        meta.versions.insert(3, version(now, None));
+        meta.current_version = 3;
+        assert_eq!(grace_of(&meta, 3, now), None);
+    }
+
+    #[test]
+    fn grace_is_not_announced_for_a_version_deleted_by_hand() {
+        let now = Utc::now();
+        let later = now + chrono::Duration::seconds(60);
+        let mut meta = KeyMetadata::new(now);
+        let mut retired = version(now, Some(later));
+        retired.destroyed = true;
+        meta.versions.insert(1, retired);
+        meta.versions.insert(2, version(now, None));
+        meta.current_version = 2;
+        assert_eq!(grace_of(&meta, 2, now), None);
+        if let Some(v) = meta.versions.get_mut(&1) {
+            v.destroyed = false;
+            v.deletion_time = Some(now);
+        }
+        assert_eq!(grace_of(&meta, 2, now), None);
     }
 
     #[test]

@@ -969,6 +969,12 @@ impl AppRole {
         };
         let cfg = self.lockout.config(storage).await?;
         let locked = self.lockout.is_locked(&cfg, &role.role_id);
+        // Before the secret ID is looked at: a login from outside the role's
+        // CIDRs must not spend one of its uses (or, at its last, delete it).
+        if !ip_allowed(&role.secret_id_bound_cidrs, req.remote_addr) {
+            self.lockout.record_failure(&cfg, &role.role_id);
+            return Err(invalid());
+        }
 
         let mut metadata = BTreeMap::new();
         let mut token_cidrs = role.token.token_bound_cidrs.clone();
@@ -991,10 +997,6 @@ impl AppRole {
                 }
             }
         } else if locked {
-            return Err(invalid());
-        }
-        if !ip_allowed(&role.secret_id_bound_cidrs, req.remote_addr) {
-            self.lockout.record_failure(&cfg, &role.role_id);
             return Err(invalid());
         }
         self.lockout.record_success(&role.role_id);

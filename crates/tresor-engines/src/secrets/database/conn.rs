@@ -9,7 +9,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool as PgPool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Pool as PgPool, RecyclingMethod, Runtime,
+};
 use mysql_async::prelude::Queryable;
 use tokio_postgres::NoTls;
 
@@ -133,6 +135,12 @@ pub(crate) struct Settings<'a> {
     pub(crate) port: u16,
     pub(crate) tls: bool,
     pub(crate) max_open_connections: usize,
+    /// How long one connection may be reused (Vault's
+    /// `max_connection_lifetime`); zero: as long as it works. A connection
+    /// stays with the server it reached and, on some servers, with the
+    /// session state it logged in with: a lifetime lets a fail-over or a
+    /// changed account reach the engine without a `reset`.
+    pub(crate) max_connection_lifetime: Duration,
 }
 
 /// A database connection pool of one configuration.
@@ -146,7 +154,9 @@ pub(crate) struct RedisDb {
     client: redis::Client,
     /// The admin user, for root rotation: `ACL SETUSER` needs a name.
     username: String,
-    conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// The shared connection and when it was opened.
+    conn: tokio::sync::Mutex<Option<(redis::aio::MultiplexedConnection, std::time::Instant)>>,
+    max_lifetime: Duration,
 }
 
 /// Fills `{{username}}`/`{{password}}` in a template field: the whole
@@ -267,7 +277,13 @@ fn mysql_opts(s: &Settings<'_>) -> Result<mysql_async::OptsBuilder, DbError> {
         // The driver would otherwise switch to the server's unix socket,
         // where the account's host part differs.
         .prefer_socket(false)
-        .pool_opts(mysql_async::PoolOpts::default().with_constraints(constraints)))
+        .pool_opts(
+            mysql_async::PoolOpts::default()
+                .with_constraints(constraints)
+                .with_abs_conn_ttl(
+                    (!s.max_connection_lifetime.is_zero()).then_some(s.max_connection_lifetime),
+                ),
+        ))
 }
 
 impl Db {
@@ -282,7 +298,18 @@ impl Db {
                         recycling_method: RecyclingMethod::Fast,
                     },
                 );
-                let pool = PgPool::builder(mgr)
+                let mut builder = PgPool::builder(mgr);
+                let lifetime = s.max_connection_lifetime;
+                if !lifetime.is_zero() {
+                    builder = builder.pre_recycle(Hook::sync_fn(move |_, metrics| {
+                        if metrics.age() >= lifetime {
+                            Err(HookError::message("max_connection_lifetime reached"))
+                        } else {
+                            Ok(())
+                        }
+                    }));
+                }
+                let pool = builder
                     .max_size(s.max_open_connections.max(1))
                     .runtime(Runtime::Tokio1)
                     .create_timeout(Some(CONNECT_TIMEOUT))
@@ -324,6 +351,7 @@ impl Db {
                         s.username.to_string()
                     },
                     conn: tokio::sync::Mutex::new(None),
+                    max_lifetime: s.max_connection_lifetime,
                 })))
             }
         }
@@ -535,6 +563,14 @@ impl Db {
             }
             Db::MySql(p) => my_exec(p, rotation, &vars).await,
             Db::Redis(r) => {
+                // `ACL SETUSER` creates a user it does not know, so a
+                // static role naming no user would add one: look the user
+                // up first, as Vault's redis plugin does.
+                let mut get = redis::cmd("ACL");
+                get.arg("GETUSER").arg(username);
+                if r.query(&get).await? == redis::Value::Nil {
+                    return Err(DbError(format!("user {username:?} does not exist")));
+                }
                 let mut cmd = redis::cmd("ACL");
                 cmd.arg("SETUSER")
                     .arg(username)
@@ -780,8 +816,10 @@ fn redis_rules(statements: &[String]) -> Result<Vec<String>, DbError> {
 impl RedisDb {
     async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, DbError> {
         let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
+        if let Some((c, opened)) = guard.as_ref() {
+            if self.max_lifetime.is_zero() || opened.elapsed() < self.max_lifetime {
+                return Ok(c.clone());
+            }
         }
         let c = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -790,7 +828,7 @@ impl RedisDb {
         .await
         .map_err(|_| DbError("timed out connecting to redis".into()))?
         .map_err(redis_err)?;
-        *guard = Some(c.clone());
+        *guard = Some((c.clone(), std::time::Instant::now()));
         Ok(c)
     }
 
@@ -806,10 +844,13 @@ impl RedisDb {
     }
 
     async fn run(&self, cmd: &redis::Cmd) -> Result<(), DbError> {
+        self.query(cmd).await.map(|_| ())
+    }
+
+    async fn query(&self, cmd: &redis::Cmd) -> Result<redis::Value, DbError> {
         let mut c = self.conn().await?;
         cmd.query_async::<redis::Value>(&mut c)
             .await
-            .map(|_| ())
             .map_err(|e| self.fail(e))
     }
 }
@@ -858,6 +899,7 @@ mod tests {
             port: 0,
             tls: false,
             max_open_connections: 4,
+            max_connection_lifetime: Duration::ZERO,
         }
     }
 
@@ -889,6 +931,18 @@ mod tests {
             assert_eq!(o.db_name(), Some("app"));
         }
         assert!(mysql_opts(&settings("garbage")).is_err());
+        let o: mysql_async::Opts = mysql_opts(&settings("{{username}}:{{password}}@tcp(h:1)/"))
+            .unwrap()
+            .into();
+        assert_eq!(o.pool_opts().abs_conn_ttl(), None);
+        let mut s = settings("{{username}}:{{password}}@tcp(h:1)/");
+        s.max_connection_lifetime = Duration::from_secs(30);
+        let o: mysql_async::Opts = mysql_opts(&s).unwrap().into();
+        assert_eq!(
+            o.pool_opts().abs_conn_ttl(),
+            Some(Duration::from_secs(30)),
+            "max_connection_lifetime reaches the pool"
+        );
     }
 
     #[test]

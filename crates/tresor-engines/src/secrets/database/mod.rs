@@ -129,6 +129,7 @@ impl DbConfig {
             port: self.port,
             tls: self.tls,
             max_open_connections: self.max_open_connections.clamp(1, 1024) as usize,
+            max_connection_lifetime: Duration::from_secs(self.max_connection_lifetime),
         }
     }
 

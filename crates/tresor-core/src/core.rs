@@ -831,7 +831,9 @@ impl Core {
         if login
             && matches!(
                 result,
-                Err(CoreError::BadRequest(_) | CoreError::PermissionDenied)
+                Err(CoreError::BadRequest(_)
+                    | CoreError::PermissionDenied
+                    | CoreError::Forbidden(_))
             )
         {
             st.quotas.login_failed(req.remote_addr);

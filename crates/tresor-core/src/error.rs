@@ -14,6 +14,9 @@ pub enum CoreError {
     AlreadyInitialized,
     #[error("permission denied")]
     PermissionDenied,
+    /// 403 with the backend's reason (never secret: the backend chose it).
+    #[error("{0}")]
+    Forbidden(String),
     /// Read of something that does not exist: 404 with an empty error list.
     #[error("not found")]
     NotFound,
@@ -42,6 +45,7 @@ impl From<BackendError> for CoreError {
             BackendError::UnsupportedPath => CoreError::UnsupportedPath,
             BackendError::UnsupportedOperation => CoreError::UnsupportedOperation,
             BackendError::PermissionDenied => CoreError::PermissionDenied,
+            BackendError::Forbidden(m) => CoreError::Forbidden(m),
             BackendError::PreconditionFailed(m) => CoreError::PreconditionFailed(m),
             BackendError::Storage(e) => e.into(),
             other => CoreError::Internal(other.to_string()),

@@ -54,7 +54,7 @@ pub fn core_error(e: &CoreError) -> ApiError {
         // init, so clients retry instead of giving up.
         CoreError::Sealed | CoreError::NotInitialized => StatusCode::SERVICE_UNAVAILABLE,
         CoreError::AlreadyInitialized | CoreError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        CoreError::PermissionDenied => StatusCode::FORBIDDEN,
+        CoreError::PermissionDenied | CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
         CoreError::NotFound => {
             return ApiError {
                 status: StatusCode::NOT_FOUND,

@@ -19,6 +19,10 @@ pub enum BackendError {
     /// The caller may not do this (403).
     #[error("permission denied")]
     PermissionDenied,
+    /// Refused with a reason the caller may see, e.g. a login whose identity
+    /// the role does not bind (403, as Vault's `CodedError(403, ...)`).
+    #[error("{0}")]
+    Forbidden(String),
     /// A check-and-set or other precondition failed (412).
     #[error("{0}")]
     PreconditionFailed(String),

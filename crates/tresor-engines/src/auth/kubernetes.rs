@@ -449,11 +449,11 @@ impl KubernetesBackend {
         }
         let sa = self.review(&cfg, &input.jwt, &role.audience).await?;
         if !allowed(&role.bound_service_account_namespaces, &sa.namespace) {
-            return Err(BackendError::bad_request("namespace not authorized"));
+            return Err(BackendError::Forbidden("namespace not authorized".into()));
         }
         if !allowed(&role.bound_service_account_names, &sa.name) {
-            return Err(BackendError::bad_request(
-                "service account name not authorized",
+            return Err(BackendError::Forbidden(
+                "service account name not authorized".into(),
             ));
         }
         let alias = match role.alias_name_source {

@@ -769,13 +769,12 @@ async fn kubernetes_foreign_namespace_and_unauthenticated_review_are_refused() {
 
     let before = snapshot(&storage).await;
     let accessors = token_accessors(&s).await;
-    // Vault answers 403 "namespace not authorized"; tresor's SDK has no
-    // 403 with a message, so the method answers 400 with Vault's message.
+    // As Vault: 403 with the reason for an identity the role does not bind.
     let cases = [
-        ("sa-dev-app", 400, errors("namespace not authorized")),
+        ("sa-dev-app", 403, errors("namespace not authorized")),
         (
             "sa-prod-other",
-            400,
+            403,
             errors("service account name not authorized"),
         ),
         ("stolen-token", 403, errors("permission denied")),

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common;
+use crate::common::moto;
 
 use std::time::Duration;
 
@@ -282,24 +283,6 @@ async fn cert_login_over_tls_with_client_certificates() {
         st == 403 || st == 400,
         "renewal without a certificate: {st} {b}"
     );
-}
-
-async fn moto() -> Option<String> {
-    let env = std::env::var("TRESOR_MOTO_ENDPOINT")
-        .ok()
-        .filter(|s| !s.is_empty());
-    let url = env
-        .clone()
-        .unwrap_or_else(|| "http://127.0.0.1:5000".into());
-    let ok = reqwest::get(format!("{url}/moto-api/")).await.is_ok();
-    match (ok, env) {
-        (true, _) => Some(url),
-        (false, Some(_)) => panic!("TRESOR_MOTO_ENDPOINT={url} is set but unreachable"),
-        (false, None) => {
-            eprintln!("SKIPPED: moto is not reachable at {url} and TRESOR_MOTO_ENDPOINT is unset (scripts/test starts it)");
-            None
-        }
-    }
 }
 
 /// Creates an IAM user in moto and prints the login fields as hvac's

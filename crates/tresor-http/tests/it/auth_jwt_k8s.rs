@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 /// base64url without padding; this crate has no base64 dependency and a
 /// test should not add one for a dozen lines.
-fn b64url(data: &[u8]) -> String {
+pub(crate) fn b64url(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in data.chunks(3) {
@@ -37,13 +37,14 @@ fn b64url(data: &[u8]) -> String {
     out
 }
 
-struct Ed25519 {
+/// An Ed25519 JWT signer (also used by auth_refusals).
+pub(crate) struct Ed25519 {
     signer: Arc<dyn rustls::sign::SigningKey>,
-    public_pem: String,
+    pub(crate) public_pem: String,
 }
 
 impl Ed25519 {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         let der = PrivatePkcs8KeyDer::from(kp.serialize_der());
         let signer = rustls::crypto::aws_lc_rs::sign::any_eddsa_type(&der).unwrap();
@@ -53,7 +54,7 @@ impl Ed25519 {
         }
     }
 
-    fn jwt(&self, claims: &Value) -> String {
+    pub(crate) fn jwt(&self, claims: &Value) -> String {
         let input = format!(
             "{}.{}",
             b64url(json!({"alg": "EdDSA", "typ": "JWT"}).to_string().as_bytes()),

@@ -12,14 +12,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+use crate::auth_jwt_k8s::Ed25519;
+use crate::common::moto;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::post;
 use axum::{Json, Router};
-use rustls::pki_types::PrivatePkcs8KeyDer;
-use rustls::SignatureScheme;
 use serde_json::{json, Value};
 use tresor_core::{Core, CoreConfig};
 use tresor_http::HttpConfig;
@@ -575,56 +575,6 @@ async fn approle_lockout_refuses_a_valid_secret_id_without_spending_it() {
 
 // ----- JWT --------------------------------------------------------------------------
 
-/// base64url without padding (this crate has no base64 dev-dependency).
-fn b64url(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-struct Ed25519 {
-    signer: Arc<dyn rustls::sign::SigningKey>,
-    public_pem: String,
-}
-
-impl Ed25519 {
-    fn new() -> Self {
-        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let der = PrivatePkcs8KeyDer::from(kp.serialize_der());
-        let signer = rustls::crypto::aws_lc_rs::sign::any_eddsa_type(&der).unwrap();
-        Ed25519 {
-            signer,
-            public_pem: kp.public_key_pem(),
-        }
-    }
-
-    fn jwt(&self, claims: &Value) -> String {
-        let input = format!(
-            "{}.{}",
-            b64url(json!({"alg": "EdDSA", "typ": "JWT"}).to_string().as_bytes()),
-            b64url(claims.to_string().as_bytes())
-        );
-        let sig = self
-            .signer
-            .choose_scheme(&[SignatureScheme::ED25519])
-            .unwrap()
-            .sign(input.as_bytes())
-            .unwrap();
-        format!("{input}.{}", b64url(&sig))
-    }
-}
-
 #[tokio::test]
 async fn jwt_other_key_expired_other_audience_other_issuer_are_refused() {
     let (s, storage) = dev_on_memory().await;
@@ -799,24 +749,6 @@ async fn kubernetes_foreign_namespace_and_unauthenticated_review_are_refused() {
 }
 
 // ----- AWS IAM (moto) -----------------------------------------------------------
-
-async fn moto() -> Option<String> {
-    let env = std::env::var("TRESOR_MOTO_ENDPOINT")
-        .ok()
-        .filter(|s| !s.is_empty());
-    let url = env
-        .clone()
-        .unwrap_or_else(|| "http://127.0.0.1:5000".into());
-    let ok = reqwest::get(format!("{url}/moto-api/")).await.is_ok();
-    match (ok, env) {
-        (true, _) => Some(url),
-        (false, Some(_)) => panic!("TRESOR_MOTO_ENDPOINT={url} is set but unreachable"),
-        (false, None) => {
-            eprintln!("SKIPPED: moto is not reachable at {url} and TRESOR_MOTO_ENDPOINT is unset (scripts/test starts it)");
-            None
-        }
-    }
-}
 
 /// Creates an IAM user in moto and prints login fields signed by botocore
 /// as hvac signs them: a good request and three tampered ones.

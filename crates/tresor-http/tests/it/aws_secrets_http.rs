@@ -6,27 +6,10 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common;
+use crate::common::moto;
 
 use crate::common::ROOT;
 use serde_json::{json, Value};
-
-async fn moto() -> Option<String> {
-    let env = std::env::var("TRESOR_MOTO_ENDPOINT")
-        .ok()
-        .filter(|s| !s.is_empty());
-    let url = env
-        .clone()
-        .unwrap_or_else(|| "http://127.0.0.1:5000".into());
-    let ok = reqwest::get(format!("{url}/moto-api/")).await.is_ok();
-    match (ok, env) {
-        (true, _) => Some(url),
-        (false, Some(_)) => panic!("TRESOR_MOTO_ENDPOINT={url} is set but unreachable"),
-        (false, None) => {
-            eprintln!("SKIPPED: moto is not reachable at {url} and TRESOR_MOTO_ENDPOINT is unset (scripts/test starts it)");
-            None
-        }
-    }
-}
 
 /// An IAM call of the test's own. moto checks no signatures, only the
 /// credential scope of the Authorization header to pick the service; the

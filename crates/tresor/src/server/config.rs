@@ -45,6 +45,11 @@ pub(crate) struct Config {
     pub(crate) max_lease_ttl: Duration,
     pub(crate) log_level: Option<String>,
     pub(crate) ui: bool,
+    /// Listener `max_request_size` / `max_request_duration`: Vault sets them
+    /// per listener, tresor applies one value to all (they must agree).
+    pub(crate) max_request_size: Option<usize>,
+    pub(crate) max_request_duration: Option<Duration>,
+    pub(crate) pid_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -59,6 +64,9 @@ impl Default for Config {
             max_lease_ttl: DEFAULT_LEASE_TTL,
             log_level: None,
             ui: false,
+            max_request_size: None,
+            max_request_duration: None,
+            pid_file: None,
         }
     }
 }
@@ -249,7 +257,14 @@ fn interpret(tree: Map<String, Value>) -> Result<Config, Error> {
             }
             "listener" => {
                 for (kind, body) in stanzas(&key, value)? {
-                    c.listeners.push(listener(&kind, body)?);
+                    let (l, limits) = listener(&kind, body)?;
+                    c.listeners.push(l);
+                    same_limit(&mut c.max_request_size, limits.size, "max_request_size")?;
+                    same_limit(
+                        &mut c.max_request_duration,
+                        limits.duration,
+                        "max_request_duration",
+                    )?;
                 }
             }
             "seal" => {
@@ -280,6 +295,10 @@ fn interpret(tree: Map<String, Value>) -> Result<Config, Error> {
             "disable_mlock" => {
                 boolean(&key, &value)?;
             }
+            "pid_file" => c.pid_file = Some(PathBuf::from(string(&key, &value)?)),
+            // Accepted so Vault configs load unchanged: metrics are always
+            // served at sys/metrics, and every engine is built in.
+            "telemetry" | "plugin_directory" => {}
             other => return Err(invalid(format!("unknown key {other:?}"))),
         }
     }
@@ -357,7 +376,53 @@ fn socket_addr(s: &str) -> Result<SocketAddr, Error> {
         .ok_or_else(|| invalid(format!("listener \"tcp\": invalid address {s:?}")))
 }
 
-fn listener(kind: &str, body: Map<String, Value>) -> Result<ListenerConfig, Error> {
+/// A listener's request limits, when its stanza sets them.
+#[derive(Default)]
+struct ListenerLimits {
+    size: Option<usize>,
+    duration: Option<Duration>,
+}
+
+fn same_limit<T: PartialEq + std::fmt::Debug>(
+    current: &mut Option<T>,
+    new: Option<T>,
+    key: &str,
+) -> Result<(), Error> {
+    match (current.as_ref(), new) {
+        (Some(a), Some(b)) if *a != b => Err(invalid(format!(
+            "listener \"tcp\": {key} differs between listeners ({a:?} and {b:?}); tresor applies one value to all listeners"
+        ))),
+        (_, Some(b)) => {
+            *current = Some(b);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn request_size(key: &str, v: &Value) -> Result<Option<usize>, Error> {
+    let n = match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| invalid(format!("listener \"tcp\": {key}: expected a size in bytes")))?;
+    match n {
+        // As Vault: 0 means the default.
+        0 => Ok(None),
+        n if n < 0 => Err(invalid(format!(
+            "listener \"tcp\": {key}: tresor always bounds request bodies; give a size in bytes"
+        ))),
+        n => usize::try_from(n)
+            .map(Some)
+            .map_err(|_| invalid(format!("listener \"tcp\": {key}: too large"))),
+    }
+}
+
+fn listener(
+    kind: &str,
+    body: Map<String, Value>,
+) -> Result<(ListenerConfig, ListenerLimits), Error> {
     if kind != "tcp" {
         return Err(invalid(format!(
             "listener {kind:?} is not supported (only \"tcp\" is)"
@@ -369,6 +434,8 @@ fn listener(kind: &str, body: Map<String, Value>) -> Result<ListenerConfig, Erro
     let mut key = None;
     let mut min_version = TlsVersion::default();
     let mut client_ca = None;
+    let mut no_client_certs = false;
+    let mut limits = ListenerLimits::default();
     for (k, v) in &body {
         match k.as_str() {
             "address" => address = string(k, v)?,
@@ -381,6 +448,12 @@ fn listener(kind: &str, body: Map<String, Value>) -> Result<ListenerConfig, Erro
                     .map_err(|e: String| invalid(format!("listener \"tcp\": {e}")))?
             }
             "tls_client_ca_file" => client_ca = Some(PathBuf::from(string(k, v)?)),
+            "tls_disable_client_certs" => no_client_certs = boolean(k, v)?,
+            "max_request_size" => limits.size = request_size(k, v)?,
+            "max_request_duration" => {
+                let d = duration(k, v)?;
+                limits.duration = (!d.is_zero()).then_some(d);
+            }
             // No request forwarding between nodes yet; harmless to accept.
             "cluster_address" => {
                 string(k, v)?;
@@ -401,10 +474,11 @@ fn listener(kind: &str, body: Map<String, Value>) -> Result<ListenerConfig, Erro
             cert_file,
             key_file,
             min_version,
-            client_ca_file: client_ca,
+            // As Vault: with client certificates disabled, none is requested.
+            client_ca_file: client_ca.filter(|_| !no_client_certs),
         })
     };
-    Ok(ListenerConfig { address, tls })
+    Ok((ListenerConfig { address, tls }, limits))
 }
 
 #[cfg(test)]
@@ -516,6 +590,44 @@ mod tests {
             hcl("storage \"inmem\" {}").unwrap().storage,
             StorageConfig::Inmem
         );
+    }
+
+    #[test]
+    fn vault_config_keys_load() {
+        let c = hcl(r#"
+            pid_file = "/run/tresor.pid"
+            plugin_directory = "/etc/vault/plugins"
+            telemetry {
+              prometheus_retention_time = "30s"
+              disable_hostname = true
+            }
+            listener "tcp" {
+              address = "127.0.0.1:8200"
+              tls_cert_file = "/c.pem"
+              tls_key_file = "/k.pem"
+              tls_client_ca_file = "/ca.pem"
+              tls_disable_client_certs = true
+              max_request_size = 1048576
+              max_request_duration = "30s"
+            }
+            listener "tcp" {
+              address = "127.0.0.1:8201"
+              tls_disable = true
+              max_request_size = 0
+            }
+        "#)
+        .unwrap();
+        assert_eq!(c.pid_file, Some(PathBuf::from("/run/tresor.pid")));
+        assert_eq!(c.max_request_size, Some(1_048_576));
+        assert_eq!(c.max_request_duration, Some(Duration::from_secs(30)));
+        let tls = c.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(tls.client_ca_file, None, "client certificates disabled");
+
+        let e = hcl("listener \"tcp\" {\n tls_disable = true\n max_request_size = 10\n}\nlistener \"tcp\" {\n address = \"127.0.0.1:2\"\n tls_disable = true\n max_request_size = 20\n}").unwrap_err();
+        assert!(e.contains("max_request_size differs"), "{e}");
+        let e =
+            hcl("listener \"tcp\" {\n tls_disable = true\n max_request_size = -1\n}").unwrap_err();
+        assert!(e.contains("always bounds"), "{e}");
     }
 
     #[test]

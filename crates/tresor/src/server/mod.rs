@@ -175,14 +175,23 @@ async fn serve(args: ServerArgs, config: Config) -> Result<(), String> {
     .await
     .map_err(|e| format!("cannot start the core: {e}"))?;
 
+    let defaults = HttpConfig::default();
     let http = HttpConfig {
         listeners: config.listeners.clone(),
-        ..HttpConfig::default()
+        max_request_size: config.max_request_size.unwrap_or(defaults.max_request_size),
+        max_request_duration: config
+            .max_request_duration
+            .unwrap_or(defaults.max_request_duration),
+        ..defaults
     };
     let server = Server::bind(core.clone(), &http)
         .await
         .map_err(|e| e.to_string())?;
     let addrs = server.local_addrs().to_vec();
+    if let Some(pid_file) = &config.pid_file {
+        std::fs::write(pid_file, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write pid_file {}: {e}", pid_file.display()))?;
+    }
 
     print_configuration(&config, &http, &addrs, storage_kind);
     if args.dev {
@@ -203,6 +212,9 @@ async fn serve(args: ServerArgs, config: Config) -> Result<(), String> {
     spawn_sighup(core.clone());
     server.run(shutdown_signal()).await;
     core.shutdown().await;
+    if let Some(pid_file) = &config.pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -1082,32 +1082,34 @@ fn spawn_periodic(state: Weak<Unsealed>) {
         // ticks back to back.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
-        // In-flight runs by mount UUID (stable across remounts).
-        let mut running: std::collections::HashMap<String, tokio::task::JoinHandle<()>> =
-            std::collections::HashMap::new();
-        // Start of the last run by mount UUID: each backend says how often
-        // it wants to run (a full AppRole tidy every tick would be waste).
-        let mut last_run: std::collections::HashMap<String, tokio::time::Instant> =
-            std::collections::HashMap::new();
+        // By mount UUID (stable across remounts): when its last run started
+        // (each backend says how often it wants to run; a full AppRole tidy
+        // every tick would be waste), and that run, to skip the mount while
+        // it is in flight. Rebuilt each tick from the live mounts, so an
+        // unmounted backend leaves nothing behind.
+        type Runs =
+            std::collections::HashMap<String, (tokio::time::Instant, tokio::task::JoinHandle<()>)>;
+        let mut runs = Runs::new();
         loop {
             tick.tick().await;
             // Hold the state only while starting runs, not across the wait.
             let Some(st) = state.upgrade() else { break };
-            running.retain(|_, h| !h.is_finished());
+            let mut next = Runs::new();
             for r in st.router.all() {
                 let Handler::Backend(b) = &r.handler else {
                     continue;
                 };
                 let uuid = r.entry.read().uuid.clone();
                 let now = tokio::time::Instant::now();
-                // Tolerate a little tick jitter so a 5 s backend runs every tick.
-                let due = last_run.get(&uuid).is_none_or(|t| {
-                    now.duration_since(*t) + Duration::from_millis(500) >= b.periodic_interval()
-                });
-                if !due || running.contains_key(&uuid) {
-                    continue;
+                if let Some((started, handle)) = runs.remove(&uuid) {
+                    // Tolerate a little tick jitter so a 5 s backend runs every tick.
+                    let due = now.duration_since(started) + Duration::from_millis(500)
+                        >= b.periodic_interval();
+                    if !due || !handle.is_finished() {
+                        next.insert(uuid, (started, handle));
+                        continue;
+                    }
                 }
-                last_run.insert(uuid.clone(), now);
                 let handle = tokio::spawn(async move {
                     if let Handler::Backend(b) = &r.handler {
                         if let Err(e) = b.periodic(&*r.storage).await {
@@ -1115,8 +1117,9 @@ fn spawn_periodic(state: Weak<Unsealed>) {
                         }
                     }
                 });
-                running.insert(uuid, handle);
+                next.insert(uuid, (now, handle));
             }
+            runs = next;
         }
     });
 }

@@ -15,7 +15,7 @@ use crate::core::{
     is_system_type, new_entry, Caller, Core, CoreResponse, Reply, ResponseBody, Unsealed,
 };
 use crate::mount::{normalize_mount_path, MountConfig, MountEntry, Table};
-use crate::policy::{Acl, Capabilities};
+use crate::policy::Acl;
 use crate::CoreError;
 
 fn data(v: Value) -> Reply {
@@ -184,10 +184,10 @@ pub(crate) async fn handle(
         ));
     }
     if trimmed == "internal/ui/mounts" && op == Operation::Read {
-        let access = MountAccess::of(st, caller).await?;
+        let acl = caller_acl(st, caller).await?;
         return Ok(data(json!({
-            "secret": visible_mounts(st, Table::Logical, &access),
-            "auth": visible_mounts(st, Table::Credential, &access),
+            "secret": visible_mounts(st, Table::Logical, &acl),
+            "auth": visible_mounts(st, Table::Credential, &acl),
         })));
     }
     if let Some(p) = path.strip_prefix("internal/ui/mounts/") {
@@ -199,7 +199,7 @@ pub(crate) async fn handle(
             .or_else(|| st.router.resolve(&format!("auth/{p}")))
             .ok_or(CoreError::PermissionDenied)?;
         let e = route.entry();
-        if !MountAccess::of(st, caller).await?.reaches(&e.path) {
+        if !caller_acl(st, caller).await?.reaches_mount(&e.path) {
             return Err(CoreError::PermissionDenied);
         }
         let mut out = serde_json::to_value(e.output())?;
@@ -475,11 +475,11 @@ fn mounts_map(st: &Unsealed, table: Table) -> Map {
 }
 
 /// Mounts of `table` the caller may see in `sys/internal/ui/mounts`.
-fn visible_mounts(st: &Unsealed, table: Table, access: &MountAccess) -> Map {
+fn visible_mounts(st: &Unsealed, table: Table, acl: &Acl) -> Map {
     let mut m = Map::new();
     for e in st.router.entries(table) {
         let unauth = e.config.listing_visibility.as_deref() == Some("unauth");
-        if !unauth && !access.reaches(&e.path) {
+        if !unauth && !acl.reaches_mount(&e.path) {
             continue;
         }
         if let Ok(v) = serde_json::to_value(e.output()) {
@@ -489,83 +489,11 @@ fn visible_mounts(st: &Unsealed, table: Table, access: &MountAccess) -> Map {
     m
 }
 
-/// Which mounts a token can do anything under (Vault's `hasMountAccess`):
-/// the UI mount listing shows only those, and the per-mount form refuses
-/// the others. Built once per request from the cached ACL and policies.
-struct MountAccess {
-    acl: Arc<Acl>,
-    /// The token's rules, merged by path as the ACL merges them (a `deny`
-    /// anywhere leaves only `deny`), without those granting nothing.
-    rules: Vec<(String, Capabilities)>,
-}
-
-impl MountAccess {
-    async fn of(st: &Unsealed, caller: &Caller) -> Result<MountAccess, CoreError> {
-        let entry = caller.entry.as_ref().ok_or(CoreError::PermissionDenied)?;
-        let acl = st.policies.acl(&entry.policies).await?;
-        if acl.is_root() {
-            return Ok(MountAccess {
-                acl,
-                rules: Vec::new(),
-            });
-        }
-        let mut merged: BTreeMap<String, Capabilities> = BTreeMap::new();
-        for name in &entry.policies {
-            if let Some(policy) = st.policies.get(name).await? {
-                for r in &policy.paths {
-                    *merged.entry(r.path.clone()).or_default() |= r.capabilities;
-                }
-            }
-        }
-        let rules = merged
-            .into_iter()
-            .filter(|(_, caps)| !caps.is_empty() && !caps.is_deny())
-            .collect();
-        Ok(MountAccess { acl, rules })
-    }
-
-    /// Does any capability reach `mount` (`secret/`) or a path under it?
-    fn reaches(&self, mount: &str) -> bool {
-        if self.acl.is_root() {
-            return true;
-        }
-        // A rule granting the mount path itself answers at once.
-        if self.acl.capabilities(mount).first().map(String::as_str) != Some("deny") {
-            return true;
-        }
-        self.rules
-            .iter()
-            .any(|(rule, _)| rule_reaches_under(rule, mount))
-    }
-}
-
-/// Could the policy path `rule` match some path under `mount` (`a/b/`)?
-/// Plain and glob rules must start with the mount; a rule with `+`
-/// segments is compared segment by segment over the mount's segments, a
-/// trailing `*` also matching a longer last segment.
-fn rule_reaches_under(rule: &str, mount: &str) -> bool {
-    let (body, glob) = match rule.strip_suffix('*') {
-        Some(b) => (b, true),
-        None => (rule, false),
-    };
-    if !body.split('/').any(|seg| seg == "+") {
-        return body.starts_with(mount);
-    }
-    let rule_segs: Vec<&str> = body.split('/').collect();
-    for (i, m) in mount.trim_end_matches('/').split('/').enumerate() {
-        let Some(r) = rule_segs.get(i) else {
-            // The rule ends above the mount.
-            return false;
-        };
-        let last = i + 1 == rule_segs.len();
-        if last && glob && (*r == "+" || m.starts_with(r)) {
-            return true;
-        }
-        if *r != "+" && *r != m {
-            return false;
-        }
-    }
-    true
+/// The caller's ACL, which answers which mounts it can reach
+/// ([`Acl::reaches_mount`]).
+async fn caller_acl(st: &Unsealed, caller: &Caller) -> Result<Arc<Acl>, CoreError> {
+    let entry = caller.entry.as_ref().ok_or(CoreError::PermissionDenied)?;
+    st.policies.acl(&entry.policies).await
 }
 
 fn list_mounts(st: &Unsealed, table: Table) -> Reply {
@@ -1033,41 +961,5 @@ async fn password_policy_op(st: &Unsealed, rest: &str, req: &Request) -> Result<
             Ok(Reply::Resp(None))
         }
         _ => Err(CoreError::UnsupportedOperation),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::rule_reaches_under;
-
-    #[test]
-    fn rules_reaching_under_a_mount() {
-        let yes = [
-            ("secret/data/app/*", "secret/"),
-            ("secret/data/app", "secret/"),
-            ("secret/*", "secret/"),
-            ("+/data/*", "secret/"),
-            ("+/*", "kv/"),
-            ("a/+/c*", "a/x/cat/"),
-            ("a/+/c*", "a/x/"),
-            ("+/data/*", "a/data/b/"),
-            ("auth/+/login", "auth/userpass/"),
-        ];
-        for (rule, mount) in yes {
-            assert!(rule_reaches_under(rule, mount), "{rule} under {mount}");
-        }
-        let no = [
-            ("secretive/*", "secret/"),
-            ("other/*", "secret/"),
-            ("+/data/*", "a/b/"),
-            ("+/x", "a/x/y/"),
-            ("a/+/c*", "a/x/dog/"),
-            ("segs/+/only/*", "hidden/"),
-            // Rules covering the mount itself are the ACL's to answer.
-            ("sec*", "secret/"),
-        ];
-        for (rule, mount) in no {
-            assert!(!rule_reaches_under(rule, mount), "{rule} under {mount}");
-        }
     }
 }

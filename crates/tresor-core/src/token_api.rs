@@ -194,7 +194,7 @@ pub(crate) async fn handle(
                 .tokens
                 .lookup(&token)
                 .await?
-                .ok_or(CoreError::PermissionDenied)?;
+                .ok_or_else(|| CoreError::Forbidden("bad token".into()))?;
             Ok(Reply::Resp(Some(lookup_response(&entry, &token))))
         }
         Path::LookupSelf if read_or_write => {

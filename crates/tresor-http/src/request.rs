@@ -40,20 +40,13 @@ fn checked_path(raw: &str) -> Result<Cow<'_, str>, ApiError> {
     full_check(raw)
 }
 
+/// Only paths [`plain_path_ok`] refused come here: no fast paths needed.
 fn full_check(raw: &str) -> Result<Cow<'_, str>, ApiError> {
-    let decoded: Cow<'_, str> = if raw.as_bytes().contains(&b'%') {
-        percent_encoding::percent_decode_str(raw)
-            .decode_utf8()
-            .map_err(|_| ApiError::bad_request("invalid path: not UTF-8"))?
-    } else {
-        Cow::Borrowed(raw)
-    };
-    let has_control = if decoded.is_ascii() {
-        decoded.bytes().any(|b| b.is_ascii_control())
-    } else {
-        decoded.chars().any(char::is_control)
-    };
-    if has_control {
+    // Borrowed when there is nothing to decode.
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_request("invalid path: not UTF-8"))?;
+    if decoded.chars().any(char::is_control) {
         return Err(ApiError::bad_request("invalid path"));
     }
     let body = decoded.strip_suffix('/').unwrap_or(&decoded);

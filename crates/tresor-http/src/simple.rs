@@ -307,7 +307,11 @@ fn login_path(method: &str, mount: &str, body: &Map) -> Result<String, ApiError>
                 Some(Value::String(u)) if !u.trim().is_empty() => u.trim(),
                 _ => return Err(ApiError::bad_request("missing 'username'")),
             };
-            if user.contains('/') || user == ".." || user.chars().any(char::is_control) {
+            if user.contains('/')
+                || user == "."
+                || user == ".."
+                || user.chars().any(char::is_control)
+            {
                 return Err(ApiError::bad_request("invalid 'username'"));
             }
             Ok(format!("{base}/login/{user}"))

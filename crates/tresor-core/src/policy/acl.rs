@@ -197,6 +197,31 @@ impl Acl {
         caps.names().into_iter().map(str::to_string).collect()
     }
 
+    /// Does any rule grant something at `mount` (`secret/`) or under it?
+    /// Vault's `hasMountAccess`: the UI mount listing shows only such
+    /// mounts. Answered from the compiled rules, already merged per path.
+    pub fn reaches_mount(&self, mount: &str) -> bool {
+        if self.root {
+            return true;
+        }
+        let grants = |p: &Perms| !p.caps.is_empty() && !p.caps.is_deny();
+        // A rule granting the mount path itself answers at once.
+        if self.lookup(mount, true).is_some_and(grants) {
+            return true;
+        }
+        self.exact
+            .iter()
+            .any(|(path, p)| grants(p) && rule_reaches_under(path, false, mount))
+            || self
+                .glob_rules
+                .iter()
+                .any(|(prefix, p)| grants(p) && rule_reaches_under(prefix, true, mount))
+            || self
+                .segment_rules
+                .iter()
+                .any(|r| grants(&r.perms) && rule_reaches_under(&r.path, r.is_prefix, mount))
+    }
+
     fn lookup(&self, path: &str, list: bool) -> Option<&Perms> {
         let path = path.trim_start_matches('/');
         if let Some(p) = self.exact.get(path) {
@@ -265,6 +290,32 @@ fn classify(path: &str) -> Shape<'_> {
 }
 
 // ---------------------------------------------------------------- priority
+
+/// Could the policy path `body` (its trailing `*` removed, `glob` telling
+/// whether it had one) match some path under `mount` (`a/b/`)? Plain and
+/// glob rules must start with the mount; a rule with `+` segments is
+/// compared segment by segment over the mount's segments, a glob's last
+/// segment also matching a longer one.
+fn rule_reaches_under(body: &str, glob: bool, mount: &str) -> bool {
+    if !body.split('/').any(|seg| seg == "+") {
+        return body.starts_with(mount);
+    }
+    let rule_segs: Vec<&str> = body.split('/').collect();
+    for (i, m) in mount.trim_end_matches('/').split('/').enumerate() {
+        let Some(r) = rule_segs.get(i) else {
+            // The rule ends above the mount.
+            return false;
+        };
+        let last = i + 1 == rule_segs.len();
+        if last && glob && (*r == "+" || m.starts_with(r)) {
+            return true;
+        }
+        if *r != "+" && *r != m {
+            return false;
+        }
+    }
+    true
+}
 
 /// Vault's ordering between non-exact rules; `Greater` wins.
 #[derive(Debug, PartialEq, Eq)]

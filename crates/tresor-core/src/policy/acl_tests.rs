@@ -636,3 +636,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn rules_reaching_under_a_mount() {
+    // The rule as written in a policy, `*` and all.
+    let rule_reaches_under = |rule: &str, mount: &str| match rule.strip_suffix('*') {
+        Some(body) => super::rule_reaches_under(body, true, mount),
+        None => super::rule_reaches_under(rule, false, mount),
+    };
+    let yes = [
+        ("secret/data/app/*", "secret/"),
+        ("secret/data/app", "secret/"),
+        ("secret/*", "secret/"),
+        ("+/data/*", "secret/"),
+        ("+/*", "kv/"),
+        ("a/+/c*", "a/x/cat/"),
+        ("a/+/c*", "a/x/"),
+        ("+/data/*", "a/data/b/"),
+        ("auth/+/login", "auth/userpass/"),
+    ];
+    for (rule, mount) in yes {
+        assert!(rule_reaches_under(rule, mount), "{rule} under {mount}");
+    }
+    let no = [
+        ("secretive/*", "secret/"),
+        ("other/*", "secret/"),
+        ("+/data/*", "a/b/"),
+        ("+/x", "a/x/y/"),
+        ("a/+/c*", "a/x/dog/"),
+        ("segs/+/only/*", "hidden/"),
+        // Rules covering the mount itself are the ACL's to answer.
+        ("sec*", "secret/"),
+    ];
+    for (rule, mount) in no {
+        assert!(!rule_reaches_under(rule, mount), "{rule} under {mount}");
+    }
+}

@@ -583,7 +583,10 @@ impl KubernetesBackend {
         }
         let mut role: Role = storage.get_json(&role_key(name)).await?.unwrap_or_default();
         role.token
-            .merge_update(&crate::auth::jwt::with_legacy_token_names(req))?;
+            .merge_update(&crate::auth::token_fields::with_legacy_names(
+                req,
+                crate::auth::token_fields::LEGACY_JWT_TOKEN_NAMES,
+            ))?;
         if let Some(v) = i.bound_service_account_names {
             role.bound_service_account_names = v;
         }

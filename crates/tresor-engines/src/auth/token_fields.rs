@@ -311,6 +311,14 @@ impl TokenFields {
 /// `bound_cidrs` itself.
 pub const LEGACY_TTL_NAMES: &[(&str, &str)] = &[("ttl", "token_ttl"), ("max_ttl", "token_max_ttl")];
 
+/// JWT/OIDC and Kubernetes roles accept `num_uses` for `token_num_uses`
+/// too, besides [`LEGACY_TTL_NAMES`].
+pub const LEGACY_JWT_TOKEN_NAMES: &[(&str, &str)] = &[
+    ("ttl", "token_ttl"),
+    ("max_ttl", "token_max_ttl"),
+    ("num_uses", "token_num_uses"),
+];
+
 /// A copy of the request in which each legacy name of `names` (old, new)
 /// fills its `token_` field when the request does not carry that field; so
 /// the `token_` name wins, and among legacy names for the same field the

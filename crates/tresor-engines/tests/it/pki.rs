@@ -59,7 +59,7 @@ async fn read_raw(b: &Pki, s: &MemoryStorage, path: &str) -> Vec<u8> {
         .body
 }
 
-fn der_of(pem_text: &str) -> Vec<u8> {
+pub(crate) fn der_of(pem_text: &str) -> Vec<u8> {
     ::pem::parse(pem_text).unwrap().into_contents()
 }
 

@@ -1086,11 +1086,6 @@ async fn stored_keys_are_not_plaintext_json_of_inputs() {
     let _ = t.s.inner.len();
 }
 
-fn pem_der(pem: &str) -> Vec<u8> {
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    B64.decode(body).expect("pem base64")
-}
-
 fn sig_bytes(v: &Value) -> Vec<u8> {
     let s = v.as_str().expect("signature");
     B64.decode(s.strip_prefix("vault:v1:").expect("prefix"))
@@ -1114,7 +1109,7 @@ async fn ecdsa_p384_signs_without_hash_algorithm() {
         assert_eq!(t.write("verify/p384", body).await["valid"], true);
     }
     // Anyone with the public key checks it as ECDSA P-384 over SHA-384.
-    let spki = pem_der(
+    let spki = super::pki::der_of(
         t.read("export/public-key/p384").await.unwrap()["keys"]["1"]
             .as_str()
             .unwrap(),
@@ -1157,7 +1152,7 @@ async fn rsa_pss_verify_accepts_vaults_max_length_salt() {
     let t = T::new();
     t.key("rsa", json!({"type": "rsa-2048", "exportable": true}))
         .await;
-    let pkcs8 = pem_der(
+    let pkcs8 = super::pki::der_of(
         t.read("export/signing-key/rsa").await.unwrap()["keys"]["1"]
             .as_str()
             .unwrap(),

@@ -972,7 +972,10 @@ impl AppRole {
         // Before the secret ID is looked at: a login from outside the role's
         // CIDRs must not spend one of its uses (or, at its last, delete it).
         if !ip_allowed(&role.secret_id_bound_cidrs, req.remote_addr) {
-            self.lockout.record_failure(&cfg, &role.role_id);
+            // As for a wrong secret ID: a locked role counts no more.
+            if !locked {
+                self.lockout.record_failure(&cfg, &role.role_id);
+            }
             return Err(invalid());
         }
 

@@ -28,8 +28,6 @@ mod keys;
 mod oidc;
 mod role;
 
-pub(crate) use role::with_legacy_token_names;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -7,7 +7,7 @@ use serde::{de, Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 use tresor_sdk::{fields, BackendError, Map, Request};
 
-use crate::auth::token_fields::TokenFields;
+use crate::auth::token_fields::{with_legacy_names, TokenFields, LEGACY_JWT_TOKEN_NAMES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -276,29 +276,13 @@ struct RoleInput {
     verbose_oidc_logging: Option<bool>,
 }
 
-/// Vault's older names for `token_ttl`, `token_max_ttl` and
-/// `token_num_uses`, which hvac still sends; `TokenFields` maps the other
-/// legacy names itself.
-pub(crate) fn with_legacy_token_names(req: &Request) -> Request {
-    let mut r = req.clone();
-    for (old, new) in [
-        ("ttl", "token_ttl"),
-        ("max_ttl", "token_max_ttl"),
-        ("num_uses", "token_num_uses"),
-    ] {
-        if let Some(v) = r.data.get(old).cloned() {
-            r.data.entry(new.to_string()).or_insert(v);
-        }
-    }
-    r
-}
-
 impl Role {
     /// Apply a write to this role (a new one starts from the defaults) and
     /// check the result as Vault does.
     pub(crate) fn merge_update(&mut self, req: &Request) -> Result<(), BackendError> {
         let i: RoleInput = req.parse()?;
-        self.token.merge_update(&with_legacy_token_names(req))?;
+        self.token
+            .merge_update(&with_legacy_names(req, LEGACY_JWT_TOKEN_NAMES))?;
         if let Some(t) = i.role_type {
             self.role_type = match t.trim().to_ascii_lowercase().as_str() {
                 "jwt" => RoleType::Jwt,

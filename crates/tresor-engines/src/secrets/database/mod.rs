@@ -359,6 +359,16 @@ impl Database {
             if name.ends_with('/') {
                 continue;
             }
+            // A cached pool's configuration mirrors the stored one's pending
+            // state (`rotate_root` keeps it so): no storage read for it.
+            if self
+                .conns
+                .read()
+                .get(&name)
+                .is_some_and(|c| c.config.pending_password.is_none())
+            {
+                continue;
+            }
             let _guard = self.config_lock.lock().await;
             let Some(mut config) = self.load_config(&name, storage).await? else {
                 continue;
@@ -596,21 +606,39 @@ impl Database {
         };
         config.pending_password = Some(new_password.clone());
         storage.put_json(&key, &config).await?;
-        conn.db
+        let rotated = conn
+            .db
             .rotate_root(
                 &config.root_rotation_statements,
                 &config.username,
                 &new_password,
             )
-            .await
-            .map_err(|e| db_failure(name, "rotating the root password", e))?;
+            .await;
+        if let Err(e) = rotated {
+            // Stored as pending, and the database may have taken it (a
+            // lost answer): drop the pool so that the next use, or
+            // `periodic`, settles which password holds.
+            self.swap_conn(name, None).await;
+            return Err(db_failure(name, "rotating the root password", e));
+        }
         config.password = new_password;
         config.pending_password = None;
         let stored = storage.put_json(&key, &config).await;
+        if stored.is_err() {
+            // Storage still holds it as pending: the cached configuration
+            // says so, for `periodic` to settle it.
+            config.pending_password = Some(config.password.clone());
+        }
         // The database has the new password whether or not it was stored:
         // the pool must use it.
-        let db = Db::open(&config.settings(kind))
-            .map_err(|e| BackendError::Internal(format!("database {name:?}: {e}")))?;
+        let db = match Db::open(&config.settings(kind)) {
+            Ok(db) => db,
+            Err(e) => {
+                // The old pool has the old password: the next use reopens.
+                self.swap_conn(name, None).await;
+                return Err(BackendError::Internal(format!("database {name:?}: {e}")));
+            }
+        };
         self.swap_conn(name, Some(Arc::new(Conn { config, kind, db })))
             .await;
         if let Err(e) = stored {

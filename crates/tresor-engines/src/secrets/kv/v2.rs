@@ -265,7 +265,8 @@ fn version_key(path: &str, version: u64) -> String {
         key.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
     key.push('/');
-    key.push_str(&version.to_string());
+    // Writing to a String cannot fail.
+    let _ = std::fmt::Write::write_fmt(&mut key, format_args!("{version}"));
     key
 }
 

@@ -657,10 +657,7 @@ impl Policy {
         // the signature, so besides the digest length (what tresor and most
         // libraries sign with) the maximum length is tried: Vault's own
         // signatures verify. Other lengths do not.
-        if kt.is_rsa() && o.pss {
-            return Ok(check(rsa_pss_max_salt(o.hash)?));
-        }
-        Ok(false)
+        Ok(kt.is_rsa() && o.pss && rsa_pss_max_salt(o.hash).is_some_and(|p| check(p)))
     }
 
     /// The raw public key: Ed25519's 32 bytes, the uncompressed EC point,
@@ -985,12 +982,13 @@ static RSA_PSS_SHA512_MAX_SALT: signature::RsaParameters =
 
 /// PSS verification with the largest salt the key allows (Go's and so
 /// Vault's signing default).
-fn rsa_pss_max_salt(hash: HashAlg) -> Result<&'static signature::RsaParameters, BackendError> {
+/// `None` for hashes `rsa_algs` refuses (never reached here).
+fn rsa_pss_max_salt(hash: HashAlg) -> Option<&'static signature::RsaParameters> {
     match hash {
-        HashAlg::Sha2_256 => Ok(&RSA_PSS_SHA256_MAX_SALT),
-        HashAlg::Sha2_384 => Ok(&RSA_PSS_SHA384_MAX_SALT),
-        HashAlg::Sha2_512 => Ok(&RSA_PSS_SHA512_MAX_SALT),
-        other => rsa_algs(other, true).map(|(_, p)| p),
+        HashAlg::Sha2_256 => Some(&RSA_PSS_SHA256_MAX_SALT),
+        HashAlg::Sha2_384 => Some(&RSA_PSS_SHA384_MAX_SALT),
+        HashAlg::Sha2_512 => Some(&RSA_PSS_SHA512_MAX_SALT),
+        _ => None,
     }
 }
 

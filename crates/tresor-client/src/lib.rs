@@ -64,7 +64,8 @@ impl Settings {
     }
 }
 
-fn env_either(a: &str, b: &str) -> Option<String> {
+/// The first of the variables `a`, `b` that is set and not blank.
+pub fn env_either(a: &str, b: &str) -> Option<String> {
     [a, b]
         .iter()
         .filter_map(|k| std::env::var(k).ok())

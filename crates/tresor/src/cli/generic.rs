@@ -116,16 +116,7 @@ pub(crate) async fn write(ctx: &Ctx, a: WriteArgs) -> CmdResult {
         .write(&a.path, &body)
         .await
         .map_err(api(format!("Error writing data to {}", a.path)))?;
-    match env {
-        Some(env) if env.data.is_some() || env.auth.is_some() || env.wrap_info.is_some() => {
-            ctx.out.envelope(&env)
-        }
-        Some(env) if ctx.out.is_json() => ctx.out.envelope(&env),
-        _ => {
-            super::output::written(&ctx.out, &a.path);
-            Ok(())
-        }
-    }
+    super::output::write_answer(&ctx.out, env.as_ref(), &a.path)
 }
 
 pub(crate) async fn delete(ctx: &Ctx, a: PathArgs) -> CmdResult {

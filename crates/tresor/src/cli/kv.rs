@@ -258,15 +258,8 @@ pub(crate) async fn run(ctx: &Ctx, cmd: KvCmd) -> CmdResult {
                         "-cas is only supported on KV v2 mounts".into(),
                     ));
                 }
-                match c.write(&shown, &body).await.map_err(api(ctx_msg))? {
-                    Some(env) if env.wrap_info.is_some() || ctx.out.is_json() => {
-                        ctx.out.envelope(&env)
-                    }
-                    _ => {
-                        output::written(&ctx.out, &shown);
-                        Ok(())
-                    }
-                }
+                let env = c.write(&shown, &body).await.map_err(api(ctx_msg))?;
+                output::write_answer(&ctx.out, env.as_ref(), &shown)
             }
         }
         KvCmd::Patch { p, cas, data } => {

@@ -90,10 +90,7 @@ struct GlobalOpts {
 /// `TRESOR_<name>`, else `VAULT_<name>`, ignoring empty values: shells
 /// set up for vault keep working.
 fn env_var(name: &str) -> Option<String> {
-    [format!("TRESOR_{name}"), format!("VAULT_{name}")]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok())
-        .find(|v| !v.trim().is_empty())
+    tresor_client::env_either(&format!("TRESOR_{name}"), &format!("VAULT_{name}"))
 }
 
 impl GlobalOpts {

@@ -88,6 +88,25 @@ pub(crate) fn written(out: &Out, path: &str) {
     }
 }
 
+/// A write's answer: shown when it carries something (or with
+/// -format=json), else the [`written`] line.
+pub(crate) fn write_answer(out: &Out, env: Option<&Envelope>, path: &str) -> Result<(), CliError> {
+    match env {
+        Some(env)
+            if env.data.is_some()
+                || env.auth.is_some()
+                || env.wrap_info.is_some()
+                || out.is_json() =>
+        {
+            out.envelope(env)
+        }
+        _ => {
+            written(out, path);
+            Ok(())
+        }
+    }
+}
+
 pub(crate) fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<(), CliError> {
     let s = serde_json::to_string_pretty(v)
         .map_err(|e| CliError::Msg(format!("encoding JSON: {e}")))?;

@@ -329,26 +329,36 @@ pub(crate) async fn login(ctx: &Ctx, a: LoginArgs) -> CmdResult {
     if let Some(t) = &a.token {
         fields.insert(0, t.clone());
     }
-    let mut body = Input::new(&mut std::io::stdin()).parse(&fields)?;
-    if a.method == "aws" {
+    let body = Input::new(&mut std::io::stdin()).parse(&fields)?;
+    let env = if a.method == "aws" {
         let (login, creds, mount_field) = aws_login_args(body, |k| std::env::var(k).ok())?;
         // `mount=` is how Vault's CLI handler names the mount; -path wins.
         let mount = match (&a.path, mount_field) {
             (None, Some(m)) => m,
             _ => mount,
         };
-        let env = ctx
-            .client
+        ctx.client
             .login_aws_iam(&mount, &login, &creds)
             .await
-            .map_err(api("Error authenticating"))?;
-        let auth = env
-            .auth
-            .clone()
-            .ok_or_else(|| CliError::Msg("Error authenticating: no auth in answer".into()))?;
-        let rows = super::output::secret_rows(&env);
-        return finish_login(ctx, &a, &auth.client_token, &rows, &env);
-    }
+            .map_err(api("Error authenticating"))?
+    } else {
+        login_write(ctx, &a, &mount, body).await?
+    };
+    let auth = env
+        .auth
+        .clone()
+        .ok_or_else(|| CliError::Msg("Error authenticating: no auth in answer".into()))?;
+    let rows = super::output::secret_rows(&env);
+    finish_login(ctx, &a, &auth.client_token, &rows, &env)
+}
+
+/// The plain login: the k=v fields written to the method's login path.
+async fn login_write(
+    ctx: &Ctx,
+    a: &LoginArgs,
+    mount: &str,
+    mut body: Map<String, Value>,
+) -> Result<Envelope, CliError> {
     let path = match a.method.as_str() {
         "userpass" | "ldap" | "okta" | "radius" => {
             let user = body
@@ -367,19 +377,12 @@ pub(crate) async fn login(ctx: &Ctx, a: LoginArgs) -> CmdResult {
         }
         _ => format!("auth/{}/login", mount.trim_matches('/')),
     };
-    let env = ctx
-        .client
+    ctx.client
         .with_token("")
         .write(&path, &Value::Object(body))
         .await
         .map_err(api("Error authenticating"))?
-        .ok_or_else(|| CliError::Msg("Error authenticating: empty answer".into()))?;
-    let auth = env
-        .auth
-        .clone()
-        .ok_or_else(|| CliError::Msg("Error authenticating: no auth in answer".into()))?;
-    let rows = super::output::secret_rows(&env);
-    finish_login(ctx, &a, &auth.client_token, &rows, &env)
+        .ok_or_else(|| CliError::Msg("Error authenticating: empty answer".into()))
 }
 
 /// The k=v fields of `login -method=aws`, as Vault's CLI handler reads
@@ -453,8 +456,7 @@ fn finish_login(
         outln!("{token}");
         return Ok(());
     }
-    let no_store = a.no_store;
-    if !no_store {
+    if !a.no_store {
         tresor_client::store_token(token)
             .map_err(|e| CliError::Msg(format!("Error saving token: {e}")))?;
     }
@@ -467,7 +469,7 @@ fn finish_login(
     if ctx.out.is_json() {
         return super::output::print_json(env);
     }
-    if no_store {
+    if a.no_store {
         outln!("Success! You are now authenticated. The token was not stored (-no-store).\n");
     } else {
         outln!(

@@ -188,10 +188,11 @@ async fn serve(args: ServerArgs, config: Config) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let addrs = server.local_addrs().to_vec();
-    if let Some(pid_file) = &config.pid_file {
-        std::fs::write(pid_file, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write pid_file {}: {e}", pid_file.display()))?;
-    }
+    let _pid_file = config
+        .pid_file
+        .as_deref()
+        .map(PidFile::create)
+        .transpose()?;
 
     print_configuration(&config, &http, &addrs, storage_kind);
     if args.dev {
@@ -212,11 +213,29 @@ async fn serve(args: ServerArgs, config: Config) -> Result<(), String> {
     spawn_sighup(core.clone());
     server.run(shutdown_signal()).await;
     core.shutdown().await;
-    if let Some(pid_file) = &config.pid_file {
-        let _ = std::fs::remove_file(pid_file);
-    }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The `pid_file`, removed when `serve` returns, whichever way: a failed
+/// dev setup or a write cut short leaves no stale or half-written file.
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn create(path: &std::path::Path) -> Result<Self, String> {
+        let err = |e: std::io::Error| format!("cannot write pid_file {}: {e}", path.display());
+        let mut f = std::fs::File::create(path).map_err(err)?;
+        // From here on the file is ours to remove.
+        let guard = Self(path.to_path_buf());
+        writeln!(f, "{}", std::process::id()).map_err(err)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn print_configuration(
@@ -349,5 +368,23 @@ fn spawn_sighup(core: Arc<Core>) {
             });
         }
         Err(e) => tracing::warn!(error = %e, "cannot install the SIGHUP handler"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_file_is_removed_when_serve_returns_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tresor.pid");
+        let pid = PidFile::create(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("{}\n", std::process::id()));
+        drop(pid);
+        assert!(!path.exists());
+        let e = PidFile::create(&dir.path().join("missing/tresor.pid")).err();
+        assert!(e.is_some_and(|e| e.contains("cannot write pid_file")));
     }
 }

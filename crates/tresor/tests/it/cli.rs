@@ -3,145 +3,10 @@
 //! environment and `HOME` in a temporary directory (so `login` writes
 //! `~/.tresor-token` there). Follows the README's quick tour.
 
-use crate::common;
+use crate::common::{self, dev_server, Cli};
 
-use serde_json::Value;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-
-/// One finished CLI invocation.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {self}"))
-    }
-}
-
-/// The CLI as one user on one machine: an address, maybe a token, a home.
-#[derive(Clone)]
-struct Cli {
-    addr: String,
-    token: Option<String>,
-    home: PathBuf,
-    env: Vec<(String, String)>,
-}
-
-impl Cli {
-    fn new(addr: &str, token: Option<&str>, home: &Path) -> Self {
-        std::fs::create_dir_all(home).expect("home");
-        Self {
-            addr: addr.to_string(),
-            token: token.map(str::to_string),
-            home: home.to_path_buf(),
-            env: Vec::new(),
-        }
-    }
-
-    fn with_env(&self, key: &str, value: &str) -> Self {
-        let mut c = self.clone();
-        c.env.push((key.to_string(), value.to_string()));
-        c
-    }
-
-    fn with_token(&self, token: &str) -> Self {
-        Self {
-            token: Some(token.to_string()),
-            ..self.clone()
-        }
-    }
-
-    fn without_token(&self) -> Self {
-        Self {
-            token: None,
-            ..self.clone()
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tresor"));
-        c.args(args).current_dir(&self.home);
-        // Nothing of the developer's shell leaks in.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("TRESOR_") || k.starts_with("VAULT_") {
-                c.env_remove(k.as_ref());
-            }
-        }
-        c.env("HOME", &self.home).env("TRESOR_ADDR", &self.addr);
-        if let Some(t) = &self.token {
-            c.env("TRESOR_TOKEN", t);
-        }
-        c.envs(self.env.iter().map(|(k, v)| (k, v)));
-        c
-    }
-
-    fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Run {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tresor");
-        {
-            let mut input = child.stdin.take().expect("stdin");
-            input.write_all(stdin.as_bytes()).expect("write stdin");
-        }
-        let out = child.wait_with_output().expect("wait tresor");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        self.run_with_stdin(args, "")
-    }
-
-    /// Runs and insists on success; the stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let r = self.run(args);
-        assert_eq!(r.code, 0, "tresor {}: {r}", args.join(" "));
-        r.stdout
-    }
-
-    /// Runs with `-format=json` and insists on success.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["-format=json"];
-        a.extend_from_slice(args);
-        let r = self.run(&a);
-        assert_eq!(r.code, 0, "tresor {}: {r}", a.join(" "));
-        r.json()
-    }
-
-    /// Runs and insists on failure with this exit code.
-    fn fails(&self, code: i32, args: &[&str]) -> Run {
-        let r = self.run(args);
-        assert_eq!(r.code, code, "tresor {}: {r}", args.join(" "));
-        r
-    }
-
-    fn token_file(&self) -> PathBuf {
-        self.home.join(".tresor-token")
-    }
-}
 
 /// The value of row `key` in a `Key/Value` table.
 fn row<'a>(table: &'a str, key: &str) -> Option<&'a str> {
@@ -149,27 +14,6 @@ fn row<'a>(table: &'a str, key: &str) -> Option<&'a str> {
         let rest = l.strip_prefix(key)?;
         (rest.starts_with(' ') || rest.is_empty()).then(|| rest.trim())
     })
-}
-
-/// A dev server with a known root token; its own HOME (it saves the root
-/// token there) separate from the CLI user's.
-async fn dev_server(dir: &Path, root: &str) -> common::Server {
-    let port = common::free_port();
-    let server_dir = dir.join("server");
-    std::fs::create_dir_all(&server_dir).expect("server dir");
-    let listen = format!("127.0.0.1:{port}");
-    common::start(
-        &[
-            "--dev",
-            "--dev-root-token-id",
-            root,
-            "--dev-listen-address",
-            &listen,
-        ],
-        port,
-        &server_dir.join("server.log"),
-    )
-    .await
 }
 
 #[cfg(unix)]

@@ -4,10 +4,8 @@
 //! when moto is unreachable and TRESOR_MOTO_ENDPOINT is unset;
 //! `scripts/test` starts moto and sets it.
 
-use crate::common;
+use crate::common::{dev_server, Cli};
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const SERVER_ID: &str = "tresor.example.com";
@@ -89,55 +87,6 @@ async fn new_user(moto: &str, prefix: &str) -> User {
     }
 }
 
-/// Runs the CLI with only what we give it: no TRESOR_/VAULT_/AWS_ variables
-/// from the developer's shell, HOME in the test directory.
-fn tresor(home: &Path, addr: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
-    std::fs::create_dir_all(home).expect("home");
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tresor"));
-    c.args(args).current_dir(home);
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if k.starts_with("TRESOR_") || k.starts_with("VAULT_") || k.starts_with("AWS_") {
-            c.env_remove(k.as_ref());
-        }
-    }
-    c.env("HOME", home).env("TRESOR_ADDR", addr);
-    c.envs(env.iter().copied());
-    c.stdin(Stdio::null()).output().expect("run tresor")
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(home: &Path, addr: &str, env: &[(&str, &str)], args: &[&str]) -> String {
-    let o = tresor(home, addr, env, args);
-    assert!(
-        o.status.success(),
-        "tresor {}: {}",
-        args.join(" "),
-        show(&o)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fails(home: &Path, addr: &str, env: &[(&str, &str)], args: &[&str]) -> String {
-    let o = tresor(home, addr, env, args);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "tresor {}: {}",
-        args.join(" "),
-        show(&o)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_login_method_aws_against_moto() {
     let Some(moto) = moto().await else { return };
@@ -145,26 +94,11 @@ async fn cli_login_method_aws_against_moto() {
     let bob = new_user(&moto, "cli-bob").await;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = common::free_port();
-    let server_dir = dir.path().join("server");
-    std::fs::create_dir_all(&server_dir).expect("server dir");
-    let listen = format!("127.0.0.1:{port}");
-    let server = common::start(
-        &[
-            "--dev",
-            "--dev-root-token-id",
-            ROOT,
-            "--dev-listen-address",
-            &listen,
-        ],
-        port,
-        &server_dir.join("server.log"),
-    )
-    .await;
+    let server = dev_server(dir.path(), ROOT).await;
     let addr = server.addr.as_str();
 
-    let admin_home = dir.path().join("admin");
-    let admin = |args: &[&str]| ok(&admin_home, addr, &[("TRESOR_TOKEN", ROOT)], args);
+    let admin = Cli::new(addr, Some(ROOT), &dir.path().join("admin"));
+    let admin = |args: &[&str]| admin.ok(args);
     admin(&["auth", "enable", "aws"]);
     admin(&[
         "write",
@@ -184,27 +118,21 @@ async fn cli_login_method_aws_against_moto() {
         "token_policies=dev",
     ]);
 
-    let home = dir.path().join("alice");
-    let token_file = home.join(".tresor-token");
-    let aws_env = [
-        ("AWS_ACCESS_KEY_ID", alice.key.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", alice.secret.as_str()),
-    ];
+    let user = Cli::new(addr, None, &dir.path().join("alice"));
+    let token_file = user.token_file();
+    let aws_env = user
+        .with_env("AWS_ACCESS_KEY_ID", &alice.key)
+        .with_env("AWS_SECRET_ACCESS_KEY", &alice.secret);
     let header = format!("header_value={SERVER_ID}");
 
     // The right server ID, keys from the environment: logged in and saved.
-    let out = ok(
-        &home,
-        addr,
-        &aws_env,
-        &["login", "-method=aws", "role=dev", &header],
-    );
+    let out = aws_env.ok(&["login", "-method=aws", "role=dev", &header]);
     assert!(out.contains("Success! You are now authenticated"), "{out}");
     assert!(!out.contains(&alice.secret), "the AWS secret was printed");
     let token = std::fs::read_to_string(&token_file).expect("token saved");
     let token = token.trim().to_string();
     assert!(!token.is_empty());
-    let lookup = ok(&home, addr, &[], &["-format=json", "token", "lookup"]);
+    let lookup = user.ok(&["-format=json", "token", "lookup"]);
     let lookup: serde_json::Value = serde_json::from_str(&lookup).expect("lookup JSON");
     assert_eq!(
         lookup["data"]["policies"],
@@ -218,21 +146,23 @@ async fn cli_login_method_aws_against_moto() {
     );
 
     // A server ID meant for another server is refused, and nothing is saved.
-    let err = fails(
-        &home,
-        addr,
-        &aws_env,
-        &[
-            "login",
-            "-method=aws",
-            "role=dev",
-            "header_value=other.example.com",
-        ],
-    );
+    let err = aws_env
+        .fails(
+            1,
+            &[
+                "login",
+                "-method=aws",
+                "role=dev",
+                "header_value=other.example.com",
+            ],
+        )
+        .stderr;
     assert!(err.contains("Error authenticating"), "{err}");
     assert!(err.contains("X-Vault-AWS-IAM-Server-ID"), "{err}");
     // So is a login without the header this server requires.
-    let err = fails(&home, addr, &aws_env, &["login", "-method=aws", "role=dev"]);
+    let err = aws_env
+        .fails(1, &["login", "-method=aws", "role=dev"])
+        .stderr;
     assert!(err.contains("X-Vault-AWS-IAM-Server-ID"), "{err}");
     assert_eq!(
         std::fs::read_to_string(&token_file)
@@ -242,43 +172,32 @@ async fn cli_login_method_aws_against_moto() {
     );
 
     // Keys given as fields instead of the environment; -path names the mount.
-    let out = ok(
-        &home,
-        addr,
-        &[],
-        &[
-            "login",
-            "-method=aws",
-            "-path=aws",
-            "-token-only",
-            "role=dev",
-            &header,
-            &format!("aws_access_key_id={}", alice.key),
-            &format!("aws_secret_access_key={}", alice.secret),
-        ],
-    );
+    let out = user.ok(&[
+        "login",
+        "-method=aws",
+        "-path=aws",
+        "-token-only",
+        "role=dev",
+        &header,
+        &format!("aws_access_key_id={}", alice.key),
+        &format!("aws_secret_access_key={}", alice.secret),
+    ]);
     assert!(!out.trim().is_empty() && out.trim() != token, "{out}");
 
     // Someone else's keys do not satisfy the role's bound ARN.
-    let err = fails(
-        &home,
-        addr,
-        &[
-            ("AWS_ACCESS_KEY_ID", bob.key.as_str()),
-            ("AWS_SECRET_ACCESS_KEY", bob.secret.as_str()),
-        ],
-        &["login", "-method=aws", "role=dev", &header],
-    );
+    let bob_env = user
+        .with_env("AWS_ACCESS_KEY_ID", &bob.key)
+        .with_env("AWS_SECRET_ACCESS_KEY", &bob.secret);
+    let err = bob_env
+        .fails(1, &["login", "-method=aws", "role=dev", &header])
+        .stderr;
     assert!(err.contains("Error authenticating"), "{err}");
     assert!(!err.contains(&bob.secret), "the AWS secret was printed");
 
     // No credentials anywhere: a clear message before any request.
-    let err = fails(
-        &home,
-        addr,
-        &[],
-        &["login", "-method=aws", "role=dev", &header],
-    );
+    let err = user
+        .fails(1, &["login", "-method=aws", "role=dev", &header])
+        .stderr;
     assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
     drop(server);
 }

@@ -6,13 +6,15 @@
 //! index makes revoking a parent revoke its children.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::hmac;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
+use siphasher::sip128::{Hasher128, SipHasher24};
 use tresor_sdk::{fields, Storage, StorageExt, StorageOp};
 use zeroize::Zeroizing;
 
@@ -205,11 +207,22 @@ fn yes() -> bool {
     true
 }
 
+/// Tokens whose hash [`TokenStore::lookup`] remembers; past this the memo
+/// starts over.
+const HASH_MEMO_CAP: usize = 1 << 16;
+
 /// The data layer of tokens: entries, indexes, cache, roles.
 pub struct TokenStore {
     storage: Arc<dyn Storage>,
     key: hmac::Key,
     cache: RwLock<HashMap<String, Arc<TokenEntry>>>,
+    /// A token's HMAC never changes, and computing it was a third of a
+    /// cached lookup, so `lookup` remembers it. The memo is keyed by a
+    /// 128-bit SipHash of the token under a random per-process key: no
+    /// token is held in clear, and no one can aim for a collision. A
+    /// revoked token's entry is harmless: its hash finds nothing.
+    hash_memo: Mutex<HashMap<u128, Arc<str>>>,
+    memo_key: [u8; 16],
 }
 
 impl TokenStore {
@@ -225,11 +238,32 @@ impl TokenStore {
                 s
             }
         };
+        let mut memo_key = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut memo_key).map_err(|_| CoreError::Internal("rng".into()))?;
         Ok(TokenStore {
             storage,
             key: hmac::Key::new(hmac::HMAC_SHA256, &salt),
             cache: RwLock::new(HashMap::new()),
+            hash_memo: Mutex::new(HashMap::new()),
+            memo_key,
         })
+    }
+
+    /// [`Self::hash`], remembered (see `hash_memo`).
+    fn memo_hash(&self, token: &str) -> Arc<str> {
+        let mut h = SipHasher24::new_with_key(&self.memo_key);
+        h.write(token.as_bytes());
+        let id = h.finish128().as_u128();
+        if let Some(hash) = self.hash_memo.lock().get(&id) {
+            return hash.clone();
+        }
+        let hash: Arc<str> = self.hash(token).into();
+        let mut memo = self.hash_memo.lock();
+        if memo.len() >= HASH_MEMO_CAP {
+            memo.clear();
+        }
+        memo.insert(id, hash.clone());
+        hash
     }
 
     /// The keyed hash under which a token is stored.
@@ -267,7 +301,7 @@ impl TokenStore {
         if token.is_empty() || token.len() > 512 {
             return Ok(None);
         }
-        self.get(&self.hash(token)).await
+        self.get(&self.memo_hash(token)).await
     }
 
     pub async fn lookup_accessor(
@@ -512,6 +546,24 @@ mod tests {
         assert_eq!(p.ttl, h / 2);
         let p = plan_ttl(0, Duration::ZERO, Duration::ZERO, 5 * h, h, 2 * h, false);
         assert_eq!((p.ttl, p.max_expire_time), (5 * h, 0));
+    }
+
+    #[tokio::test]
+    async fn remembered_hashes_are_the_hmac() {
+        let s: Arc<dyn Storage> = Arc::new(tresor_sdk::testing::MemoryStorage::new());
+        let ts = TokenStore::open(s).await.expect("open");
+        let (a, b) = (generate_token().expect("a"), generate_token().expect("b"));
+        for _ in 0..2 {
+            assert_eq!(*ts.memo_hash(&a), ts.hash(&a));
+            assert_eq!(*ts.memo_hash(&b), ts.hash(&b));
+        }
+        assert_ne!(ts.memo_hash(&a), ts.memo_hash(&b));
+        // Bounded: past the cap it starts over rather than grow.
+        for i in 0..HASH_MEMO_CAP + 10 {
+            ts.memo_hash(&format!("t{i}"));
+        }
+        assert!(ts.hash_memo.lock().len() <= HASH_MEMO_CAP);
+        assert_eq!(*ts.memo_hash(&a), ts.hash(&a));
     }
 
     #[tokio::test]

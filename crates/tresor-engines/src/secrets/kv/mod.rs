@@ -6,6 +6,7 @@
 //! This module also holds what KV v1 and the cubbyhole share: path rules and
 //! the unversioned ("passthrough") read/write/list.
 
+mod cache;
 mod v1;
 mod v2;
 

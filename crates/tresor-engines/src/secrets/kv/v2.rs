@@ -21,7 +21,8 @@
 //!
 //! Writes to one secret are serialised by a lock (one of `LOCK_SHARDS`,
 //! chosen by the path's hash) so two writers cannot take the same version
-//! number; reads take no lock.
+//! number; reads take no lock. Reads of `data/` go through a cache of
+//! decoded secrets (see `cache`), which the lock's guard keeps honest.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
@@ -41,6 +42,7 @@ use tresor_sdk::{
     StorageOp, SystemView,
 };
 
+use super::cache::{Cached, ReadCache};
 use super::{go_duration, help, list_prefix, secret_path};
 
 const CONFIG_KEY: &str = "config";
@@ -82,6 +84,7 @@ pub struct KvV2 {
     system: Option<Arc<dyn SystemView>>,
     /// For log lines only.
     mount_point: String,
+    cache: ReadCache,
 }
 
 impl Default for KvV2 {
@@ -107,6 +110,7 @@ impl KvV2 {
             locks: (0..LOCK_SHARDS).map(|_| Mutex::new(())).collect(),
             system: None,
             mount_point: String::new(),
+            cache: ReadCache::default(),
         }
     }
 
@@ -119,14 +123,35 @@ impl KvV2 {
         }
     }
 
-    async fn lock(&self, path: &str) -> MutexGuard<'_, ()> {
+    /// The write lock of one secret. Every change to a secret is made
+    /// under it; letting go of it drops the secret's cached reads.
+    pub(super) async fn lock<'a>(&'a self, path: &'a str) -> PathLock<'a> {
         // A fixed-key hasher: the shard only has to be stable for the life
         // of this engine instance, and a collision merely serialises two
         // unrelated writers.
         let mut h = DefaultHasher::new();
         path.hash(&mut h);
         let shard = (h.finish() % LOCK_SHARDS as u64) as usize;
-        self.locks[shard].lock().await
+        PathLock {
+            _guard: self.locks[shard].lock().await,
+            cache: &self.cache,
+            path,
+        }
+    }
+}
+
+/// A held write lock; see [`KvV2::lock`].
+pub(super) struct PathLock<'a> {
+    _guard: MutexGuard<'a, ()>,
+    cache: &'a ReadCache,
+    path: &'a str,
+}
+
+impl Drop for PathLock<'_> {
+    /// Runs before the mutex is released (fields drop after `drop`), and
+    /// whether the change succeeded or not: storage may hold either state.
+    fn drop(&mut self) {
+        self.cache.invalidate(self.path);
     }
 }
 
@@ -145,7 +170,7 @@ struct Config {
 
 /// One secret's metadata and the state of each version it still remembers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct KeyMetadata {
+pub(super) struct KeyMetadata {
     current_version: u64,
     /// Starts at 0 and moves only when versions are pruned, like Vault's.
     oldest_version: u64,
@@ -235,7 +260,7 @@ impl VersionMeta {
 }
 
 impl KeyMetadata {
-    fn new(now: DateTime<Utc>) -> Self {
+    pub(super) fn new(now: DateTime<Utc>) -> Self {
         KeyMetadata {
             current_version: 0,
             oldest_version: 0,
@@ -826,9 +851,10 @@ impl KvV2 {
         storage: &dyn Storage,
     ) -> Result<Option<Response>, BackendError> {
         let q: ReadQuery = req.parse()?;
-        let Some(meta) = load_meta(storage, path).await? else {
+        let Some(cached) = self.cached_read(path, storage).await? else {
             return Ok(None);
         };
+        let meta = &cached.meta;
         let version = match q.version {
             None | Some(0) => meta.current_version,
             Some(v) => v,
@@ -837,15 +863,19 @@ impl KvV2 {
             return Ok(None);
         };
         let now = Utc::now();
-        let metadata = VersionOut::new(&meta, version, vm);
+        let metadata = VersionOut::new(meta, version, vm);
         if !vm.is_live(now) {
             return not_found_with(&DataOut {
                 data: None,
                 metadata,
             });
         }
-        let metadata = metadata.with_grace(&meta, version, now);
-        match storage.get_json::<Map>(&version_key(path, version)).await? {
+        let metadata = metadata.with_grace(meta, version, now);
+        let data = match &cached.current {
+            Some(data) if version == meta.current_version => Some(data.clone()),
+            _ => storage.get_json::<Map>(&version_key(path, version)).await?,
+        };
+        match data {
             Some(data) => {
                 // `DataOut`'s shape, without a serialisation round trip
                 // (a deep copy) of the secret's data.
@@ -858,6 +888,45 @@ impl KvV2 {
                 "kv: version {version} of a secret has metadata but no data"
             ))),
         }
+    }
+
+    /// A secret's metadata and current data, from the cache or storage.
+    async fn cached_read(
+        &self,
+        path: &str,
+        storage: &dyn Storage,
+    ) -> Result<Option<Arc<Cached>>, BackendError> {
+        let ticket = match self.cache.get(path) {
+            Ok(hit) => return Ok(Some(hit)),
+            Err(ticket) => ticket,
+        };
+        let Some(raw) = storage.get(&metadata_key(path)).await? else {
+            return Ok(None);
+        };
+        let meta: KeyMetadata = serde_json::from_slice(&raw)?;
+        let mut bytes = raw.len();
+        // Only a live current version is worth keeping: the others are
+        // read by `?version=`, rarely, or answer 404 without their data.
+        let live = meta
+            .versions
+            .get(&meta.current_version)
+            .is_some_and(|vm| vm.is_live(Utc::now()));
+        let current = match live {
+            true => match storage
+                .get(&version_key(path, meta.current_version))
+                .await?
+            {
+                Some(raw) => {
+                    bytes += raw.len();
+                    Some(serde_json::from_slice::<Map>(&raw)?)
+                }
+                None => None,
+            },
+            false => None,
+        };
+        let entry = Arc::new(Cached::new(meta, current, bytes));
+        self.cache.insert(ticket, path, entry.clone());
+        Ok(Some(entry))
     }
 
     async fn data_write(

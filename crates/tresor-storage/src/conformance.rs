@@ -19,6 +19,7 @@ pub async fn run_all(s: Arc<dyn Storage>) {
     delete(&*s).await;
     list_nested(&*s).await;
     list_prefix_bounds(&*s).await;
+    list_large_folder(&*s).await;
     odd_keys(&*s).await;
     binary_values(&*s).await;
     large_values(&*s).await;
@@ -343,6 +344,35 @@ pub async fn invalid_keys(s: &dyn Storage) {
         );
     }
     assert!(list(s, "ik/").await.is_empty());
+}
+
+/// A folder far larger than one scan step of any backend, with sub-folders
+/// large and small among its entries, lists whole and in order.
+pub async fn list_large_folder(s: &dyn Storage) {
+    let mut keys = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..12_000 {
+        let name = format!("{i:05}");
+        if i % 1000 == 7 {
+            // A folder with more entries than a scan step.
+            for j in 0..5000 {
+                keys.push(format!("lg/{name}/{j}"));
+            }
+            want.push(format!("{name}/"));
+        } else if i % 100 == 3 {
+            keys.push(format!("lg/{name}/only"));
+            want.push(format!("{name}/"));
+        } else {
+            keys.push(format!("lg/{name}"));
+            want.push(name);
+        }
+    }
+    let puts = keys.iter().map(|k| Op::Put(entry(k, b"v"))).collect();
+    ok(s.batch(puts).await, "batch of many puts");
+    assert_list(&list(s, "lg/").await, &want, "large folder");
+    let deletes = keys.iter().map(|k| Op::Delete(k.clone())).collect();
+    ok(s.batch(deletes).await, "batch of many deletes");
+    assert!(list(s, "lg/").await.is_empty(), "large folder emptied");
 }
 
 pub async fn batch_applies_in_order(s: &dyn Storage) {

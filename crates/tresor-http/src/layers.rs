@@ -23,12 +23,67 @@ use crate::HttpConfig;
 /// order: path check, timeout, panic catcher, metrics (which so count panics
 /// and timeouts), `Cache-Control`. One layer rather than four: each tower
 /// layer costs a boxed future and a service clone per request.
-pub(crate) fn apply(routes: Router, config: &HttpConfig) -> Router {
-    let timeout = config.max_request_duration;
-    let metrics = config.record_metrics.then(|| Arc::new(HttpMetrics::new()));
+pub(crate) fn apply(routes: Router, guard: &Guard) -> Router {
+    let guard = guard.clone();
     routes.layer(middleware::from_fn(move |req: Request, next: Next| {
-        guard(timeout, metrics.clone(), req, next)
+        let guard = guard.clone();
+        async move { guard.run(req, |req| next.run(req)).await }
     }))
+}
+
+/// The protective layer itself, so that a request can also be passed
+/// through it without a router (the server's direct lane to `/v1/`).
+#[derive(Clone)]
+pub(crate) struct Guard {
+    timeout: Duration,
+    metrics: Option<Arc<HttpMetrics>>,
+}
+
+impl Guard {
+    pub(crate) fn new(config: &HttpConfig) -> Self {
+        Guard {
+            timeout: config.max_request_duration,
+            metrics: config.record_metrics.then(|| Arc::new(HttpMetrics::new())),
+        }
+    }
+
+    /// `handler` under the path check, the timeout, the panic catcher,
+    /// the metrics and `Cache-Control`.
+    pub(crate) async fn run<F, H>(&self, req: Request, handler: H) -> Response
+    where
+        H: FnOnce(Request) -> F,
+        F: std::future::Future<Output = Response>,
+    {
+        let start = Instant::now();
+        let method = method_index(req.method());
+        let mut resp = if let Err(e) = check_raw_path(req.uri().path()) {
+            e.into_response()
+        } else {
+            match tokio::time::timeout(
+                self.timeout,
+                AssertUnwindSafe(handler(req)).catch_unwind(),
+            )
+            .await
+            {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(payload)) => panic_response(payload),
+                Err(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "context deadline exceeded")
+                    .into_response(),
+            }
+        };
+        if let Some(m) = &self.metrics {
+            m.record(
+                method,
+                status_index(resp.status().as_u16()),
+                start.elapsed(),
+            );
+        }
+        // Secrets must not linger in shared or browser caches.
+        resp.headers_mut()
+            .entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-store"));
+        resp
+    }
 }
 
 /// The handles of the per-request metrics, one per label set, taken from
@@ -75,38 +130,6 @@ pub(crate) async fn not_found() -> ApiError {
         status: StatusCode::NOT_FOUND,
         errors: Vec::new(),
     }
-}
-
-async fn guard(
-    timeout: Duration,
-    metrics: Option<Arc<HttpMetrics>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let start = Instant::now();
-    let method = method_index(req.method());
-    let mut resp = if let Err(e) = check_raw_path(req.uri().path()) {
-        e.into_response()
-    } else {
-        match tokio::time::timeout(timeout, AssertUnwindSafe(next.run(req)).catch_unwind()).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(payload)) => panic_response(payload),
-            Err(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "context deadline exceeded")
-                .into_response(),
-        }
-    };
-    if let Some(m) = &metrics {
-        m.record(
-            method,
-            status_index(resp.status().as_u16()),
-            start.elapsed(),
-        );
-    }
-    // Secrets must not linger in shared or browser caches.
-    resp.headers_mut()
-        .entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
-    resp
 }
 
 fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
@@ -199,7 +222,7 @@ mod tests {
             )
             .route("/ok/{*rest}", get(|| async { "fine" }))
             .fallback(not_found);
-        apply(routes, config)
+        apply(routes, &Guard::new(config))
     }
 
     #[tokio::test]

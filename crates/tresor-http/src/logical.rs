@@ -19,8 +19,15 @@ use crate::error::ApiError;
 use crate::request::{self, DataSource};
 use crate::{sys, AppState, ConnInfo};
 
-/// `/v1/*path`; every other path nothing else routes is a 404.
+/// `/v1/*path`; every other path nothing else routes is a 404. The
+/// router's fallback.
 pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    let conn = req.extensions().get::<ConnInfo>().cloned();
+    serve(&state, req, conn.as_ref()).await
+}
+
+/// [`handle`], for a request that arrived on `conn`.
+pub(crate) async fn serve(state: &AppState, req: Request, conn: Option<&ConnInfo>) -> Response {
     if req
         .uri()
         .path()
@@ -29,7 +36,7 @@ pub(crate) async fn handle(State(state): State<AppState>, req: Request) -> Respo
     {
         return crate::layers::not_found().await.into_response();
     }
-    match handle_inner(&state, req).await {
+    match handle_inner(state, req, conn).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -60,7 +67,11 @@ fn check_merge_patch(headers: &http::HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
-async fn handle_inner(state: &AppState, req: Request) -> Result<Response, ApiError> {
+async fn handle_inner(
+    state: &AppState,
+    req: Request,
+    conn: Option<&ConnInfo>,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let raw = parts.uri.path().strip_prefix("/v1/").unwrap_or_default();
     let path = request::normalize_path(raw)?;
@@ -102,7 +113,6 @@ async fn handle_inner(state: &AppState, req: Request) -> Result<Response, ApiErr
         path.push('/');
     }
 
-    let conn = parts.extensions.get::<ConnInfo>();
     let core_req = CoreRequest {
         operation,
         path,

@@ -12,12 +12,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -26,11 +24,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 use tresor_core::Core;
 
 use crate::error::HttpError;
-use crate::{router, ConnInfo, HttpConfig, TlsSettings, TlsVersion};
+use crate::{Api, ConnInfo, HttpConfig, TlsSettings, TlsVersion};
 
 /// A slow client must not hold a connection open without ever finishing
 /// its handshake or headers.
@@ -44,7 +41,7 @@ struct Bound {
 
 /// Bound listeners, ready to serve.
 pub struct Server {
-    router: Router,
+    api: Api,
     listeners: Vec<Bound>,
     addrs: Vec<SocketAddr>,
     drain_timeout: Duration,
@@ -54,7 +51,7 @@ impl Server {
     /// Load TLS material and bind every listener of `config`; errors here
     /// (bad certificate, address in use) are reported before serving starts.
     pub async fn bind(core: Arc<Core>, config: &HttpConfig) -> Result<Server, HttpError> {
-        let router = router(core, config);
+        let api = Api::new(core, config);
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut addrs = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -74,7 +71,7 @@ impl Server {
             listeners.push(Bound { listener, tls });
         }
         Ok(Server {
-            router,
+            api,
             listeners,
             addrs,
             drain_timeout: config.max_request_duration + Duration::from_secs(5),
@@ -95,7 +92,7 @@ impl Server {
         for bound in self.listeners {
             loops.spawn(accept_loop(
                 bound,
-                self.router.clone(),
+                self.api.clone(),
                 stop_rx.clone(),
                 self.drain_timeout,
             ));
@@ -120,7 +117,7 @@ pub async fn serve(
 
 async fn accept_loop(
     bound: Bound,
-    router: Router,
+    api: Api,
     mut stop: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
@@ -144,10 +141,10 @@ async fn accept_loop(
         // Small JSON answers: don't let Nagle hold them back.
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
-        let router = router.clone();
+        let api = api.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            connection(stream, remote, tls, router, watcher).await;
+            connection(stream, remote, tls, api, watcher).await;
         });
     }
     // Close the socket now: new clients get "connection refused" at once
@@ -165,7 +162,7 @@ async fn connection(
     stream: TcpStream,
     remote: SocketAddr,
     tls: Option<TlsAcceptor>,
-    router: Router,
+    api: Api,
     watcher: Watcher,
 ) {
     match tls {
@@ -174,7 +171,7 @@ async fn connection(
                 remote: Some(remote),
                 peer_certificates: Arc::new(Vec::new()),
             };
-            serve_connection(stream, info, router, watcher).await;
+            serve_connection(stream, info, api, watcher).await;
         }
         Some(acceptor) => {
             let tls_stream =
@@ -199,20 +196,20 @@ async fn connection(
                 remote: Some(remote),
                 peer_certificates: Arc::new(peer_certificates),
             };
-            serve_connection(tls_stream, info, router, watcher).await;
+            serve_connection(tls_stream, info, api, watcher).await;
         }
     }
 }
 
-async fn serve_connection<S>(io: S, info: ConnInfo, router: Router, watcher: Watcher)
+async fn serve_connection<S>(io: S, info: ConnInfo, api: Api, watcher: Watcher)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = router.map_request(move |mut req: http::Request<Incoming>| {
-        req.extensions_mut().insert(info.clone());
-        req
+    let conn = Arc::new((api, info));
+    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(conn.0.serve(req, &conn.1).await) }
     });
-    let svc = TowerToHyperService::new(svc);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

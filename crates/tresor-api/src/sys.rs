@@ -157,4 +157,6 @@ pub struct MountConfigOutput {
     pub force_no_cache: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listing_visibility: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passthrough_request_headers: Vec<String>,
 }

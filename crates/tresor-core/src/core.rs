@@ -69,8 +69,9 @@ pub struct CoreRequest {
     /// `X-Vault-Wrap-TTL`.
     pub wrap_ttl: Option<Duration>,
     pub remote_addr: Option<IpAddr>,
-    /// Selected headers, names lower-cased.
-    pub headers: BTreeMap<String, String>,
+    /// The request's headers; a backend sees those its mount lets through
+    /// (`passthrough_request_headers`), as in Vault.
+    pub headers: http::HeaderMap,
     /// DER client certificate chain of the TLS connection, leaf first.
     pub peer_certificates: Vec<Vec<u8>>,
 }
@@ -84,7 +85,7 @@ impl CoreRequest {
             token: None,
             wrap_ttl: None,
             remote_addr: None,
-            headers: BTreeMap::new(),
+            headers: http::HeaderMap::new(),
             peer_certificates: Vec::new(),
         }
     }
@@ -690,7 +691,6 @@ impl Core {
         // Moved, not cloned: the backend request owns them from here on.
         sreq.data = std::mem::take(&mut req.data);
         sreq.remote_addr = req.remote_addr;
-        sreq.headers = std::mem::take(&mut req.headers);
         sreq.peer_certificates = std::mem::take(&mut req.peer_certificates);
         if let Some(e) = &entry {
             sreq.client_token_id = Some(e.hash.clone());
@@ -702,7 +702,12 @@ impl Core {
         // Create or update? Asked of the backend before the ACL check.
         if let Some((route, rel)) = &routed {
             sreq.path = rel.clone();
-            sreq.mount_point = route.entry.read().path.clone();
+            {
+                let entry = route.entry.read();
+                sreq.mount_point = entry.path.clone();
+                sreq.headers =
+                    passthrough_headers(&req.headers, &entry.config.passthrough_request_headers);
+            }
             if req.operation == Operation::Update {
                 if let Handler::Backend(b) = &route.handler {
                     if b.existence_check(&sreq, &*route.storage).await? == Some(false) {
@@ -1128,6 +1133,27 @@ fn spawn_periodic(state: Weak<Unsealed>) {
 /// (`sys/mounts`, `sys/auth`, `sys/policy`, `sys/policy/<name>`), and
 /// clients written against them read the top-level keys. Envelope keys win
 /// over a data key of the same name; wrapped answers are left alone.
+/// The headers named in `allowed` (any case), names lower-cased, repeated
+/// values joined with ", ". The client token is never handed over.
+fn passthrough_headers(headers: &http::HeaderMap, allowed: &[String]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for name in allowed {
+        let name = name.to_ascii_lowercase();
+        if name == "x-vault-token" {
+            continue;
+        }
+        let values: Vec<&str> = headers
+            .get_all(name.as_str())
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if !values.is_empty() {
+            out.insert(name, values.join(", "));
+        }
+    }
+    out
+}
+
 fn legacy_top_level(path: &str, op: Operation, resp: CoreResponse) -> CoreResponse {
     let trimmed = path.trim_end_matches('/');
     let legacy = match op {
@@ -1222,4 +1248,30 @@ pub(crate) fn new_entry(
 
 pub(crate) fn is_system_type(ty: &str) -> bool {
     SYSTEM_TYPES.contains(&ty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::passthrough_headers;
+
+    #[test]
+    fn only_allowed_headers_pass_and_never_the_token() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("x-custom", "1"),
+            ("X-Custom", "2"),
+            ("x-other", "no"),
+            ("x-vault-token", "secret"),
+        ] {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap_or_else(|_| unreachable!()),
+                http::HeaderValue::from_static(v),
+            );
+        }
+        let allowed = ["X-Custom".to_string(), "X-Vault-Token".to_string()];
+        let got = passthrough_headers(&h, &allowed);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got.get("x-custom").map(String::as_str), Some("1, 2"));
+        assert!(passthrough_headers(&h, &[]).is_empty());
+    }
 }

@@ -45,6 +45,9 @@ pub struct MountConfig {
     pub force_no_cache: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listing_visibility: Option<String>,
+    /// Request headers handed to the backend.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passthrough_request_headers: Vec<String>,
 }
 
 /// One mounted engine or auth method, as persisted.
@@ -97,6 +100,7 @@ impl MountEntry {
                 max_lease_ttl: self.config.max_lease_ttl,
                 force_no_cache: self.config.force_no_cache,
                 listing_visibility: self.config.listing_visibility.clone(),
+                passthrough_request_headers: self.config.passthrough_request_headers.clone(),
             },
             options: if self.options.is_empty() {
                 None

@@ -41,6 +41,8 @@ struct MountConfigInput {
     force_no_cache: bool,
     #[serde(default)]
     listing_visibility: Option<String>,
+    #[serde(default, deserialize_with = "fields::opt_string_list")]
+    passthrough_request_headers: Option<Vec<String>>,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
@@ -544,6 +546,11 @@ async fn mount_op(
                 max_lease_ttl: input.config.max_lease_ttl.as_secs(),
                 force_no_cache: input.config.force_no_cache,
                 listing_visibility: input.config.listing_visibility.clone(),
+                passthrough_request_headers: input
+                    .config
+                    .passthrough_request_headers
+                    .clone()
+                    .unwrap_or_default(),
             };
             let flags = MountFlags {
                 local: input.local,
@@ -694,6 +701,9 @@ async fn tune(st: &Unsealed, table: Table, p: &str, req: &Request) -> Result<Rep
             if !e.options.is_empty() {
                 out["options"] = json!(e.options);
             }
+            if !e.config.passthrough_request_headers.is_empty() {
+                out["passthrough_request_headers"] = json!(e.config.passthrough_request_headers);
+            }
             Ok(data(out))
         }
         Operation::Create | Operation::Update => {
@@ -716,6 +726,9 @@ async fn tune(st: &Unsealed, table: Table, p: &str, req: &Request) -> Result<Rep
             }
             if let Some(v) = input.listing_visibility {
                 e.config.listing_visibility = Some(v);
+            }
+            if let Some(v) = input.passthrough_request_headers {
+                e.config.passthrough_request_headers = v;
             }
             if let Some(o) = input.options {
                 if let Some(v) = o.get("version") {

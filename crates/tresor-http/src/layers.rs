@@ -59,11 +59,8 @@ impl Guard {
         let mut resp = if let Err(e) = check_raw_path(req.uri().path()) {
             e.into_response()
         } else {
-            match tokio::time::timeout(
-                self.timeout,
-                AssertUnwindSafe(handler(req)).catch_unwind(),
-            )
-            .await
+            match tokio::time::timeout(self.timeout, AssertUnwindSafe(handler(req)).catch_unwind())
+                .await
             {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(payload)) => panic_response(payload),

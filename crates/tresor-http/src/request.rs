@@ -2,7 +2,6 @@
 //! parsing under limits, verbs, tokens, wrap TTL, headers, query data.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -217,28 +216,6 @@ pub(crate) fn wrap_ttl(headers: &HeaderMap) -> Result<Option<Duration>, ApiError
     }
 }
 
-/// Request headers for the core, lower-cased, without the token headers
-/// (the token travels in its own field and must not be copied around).
-pub(crate) fn forwarded_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, String> = BTreeMap::new();
-    for (name, value) in headers {
-        if name == TOKEN_HEADER
-            || name == http::header::AUTHORIZATION
-            || name == http::header::COOKIE
-        {
-            continue;
-        }
-        let Ok(value) = value.to_str() else { continue };
-        out.entry(name.as_str().to_ascii_lowercase())
-            .and_modify(|v| {
-                v.push_str(", ");
-                v.push_str(value);
-            })
-            .or_insert_with(|| value.to_string());
-    }
-    out
-}
-
 /// Query parameters, in order.
 pub(crate) fn query_pairs(uri: &Uri) -> Result<Vec<(String, String)>, ApiError> {
     if uri.query().is_none() {
@@ -438,8 +415,6 @@ mod tests {
         assert_eq!(token(&h).as_deref(), Some("abc"));
         h.insert("x-vault-token", http::HeaderValue::from_static("xyz"));
         assert_eq!(token(&h).as_deref(), Some("xyz"));
-        let fwd = forwarded_headers(&h);
-        assert!(fwd.is_empty());
     }
 
     #[test]

@@ -494,3 +494,41 @@ async fn periodic_ran_only_once_a_minute() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[tokio::test]
+async fn passthrough_request_headers_were_not_a_mount_setting() {
+    let s = dev().await;
+    let (st, b) = call_root(
+        &s,
+        "POST",
+        "sys/mounts/hdr",
+        Some(json!({"type": "kv", "config": {"passthrough_request_headers": ["X-Custom"]}})),
+    )
+    .await;
+    assert_eq!(st, 204, "{b}");
+    let (st, b) = call_root(&s, "GET", "sys/mounts/hdr/tune", None).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        b["data"]["passthrough_request_headers"],
+        json!(["X-Custom"])
+    );
+    // Vault takes a comma-separated string too.
+    let (st, b) = call_root(
+        &s,
+        "POST",
+        "sys/mounts/hdr/tune",
+        Some(json!({"passthrough_request_headers": "X-A,X-B"})),
+    )
+    .await;
+    assert_eq!(st, 204, "{b}");
+    let (st, b) = call_root(&s, "GET", "sys/mounts", None).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        b["data"]["hdr/"]["config"]["passthrough_request_headers"],
+        json!(["X-A", "X-B"])
+    );
+    // Mounts without the setting do not show it.
+    assert!(b["data"]["secret/"]["config"]
+        .get("passthrough_request_headers")
+        .is_none());
+}

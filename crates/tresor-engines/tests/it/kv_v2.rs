@@ -892,3 +892,52 @@ async fn registry_builds_the_right_versions() {
         _ => panic!("version 3 should be refused"),
     }
 }
+
+/// Reads are served from the engine's cache of decoded secrets: every kind
+/// of change must show in the very next read.
+#[tokio::test]
+async fn every_change_shows_in_the_next_read() {
+    let kv = Kv::new();
+    kv.put("c", json!({"v": 1})).await;
+    assert_eq!(json_of(&kv.get("c").await)["data"], json!({"v": 1}));
+    assert_eq!(json_of(&kv.get("c").await)["data"], json!({"v": 1}));
+
+    kv.put("c", json!({"v": 2})).await;
+    assert_eq!(json_of(&kv.get("c").await)["data"], json!({"v": 2}));
+
+    kv.ok(req(Operation::Patch, "data/c").body(json!({"data": {"w": 3}})))
+        .await;
+    assert_eq!(json_of(&kv.get("c").await)["data"], json!({"v": 2, "w": 3}));
+
+    kv.ok(req(Operation::Delete, "data/c")).await;
+    assert_eq!(status(&kv.get("c").await), Some(404));
+
+    kv.ok(req(Operation::Update, "undelete/c").body(json!({"versions": [3]})))
+        .await;
+    assert_eq!(json_of(&kv.get("c").await)["data"], json!({"v": 2, "w": 3}));
+
+    kv.ok(req(Operation::Update, "delete/c").body(json!({"versions": [3]})))
+        .await;
+    assert_eq!(status(&kv.get("c").await), Some(404));
+    kv.ok(req(Operation::Update, "undelete/c").body(json!({"versions": [3]})))
+        .await;
+    kv.ok(req(Operation::Update, "destroy/c").body(json!({"versions": [3]})))
+        .await;
+    assert_eq!(status(&kv.get("c").await), Some(404));
+
+    kv.put("c", json!({"v": 4})).await;
+    assert_eq!(json_of(&kv.get("c").await)["data"], json!({"v": 4}));
+    kv.ok(req(Operation::Update, "metadata/c").body(json!({"custom_metadata": {"o": "x"}})))
+        .await;
+    assert_eq!(
+        json_of(&kv.get("c").await)["metadata"]["custom_metadata"],
+        json!({"o": "x"})
+    );
+
+    kv.ok(req(Operation::Delete, "metadata/c")).await;
+    assert!(kv.get("c").await.is_none(), "gone with its metadata");
+    kv.put("c", json!({"v": 5})).await;
+    let r = json_of(&kv.get("c").await);
+    assert_eq!(r["data"], json!({"v": 5}));
+    assert_eq!(r["metadata"]["version"], 1);
+}

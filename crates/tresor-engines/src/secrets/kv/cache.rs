@@ -29,8 +29,9 @@ const MAX_BYTES: usize = 32 << 20;
 /// Larger secrets are read from storage every time.
 const MAX_ENTRY_BYTES: usize = 256 << 10;
 
-/// One secret as the last read found it: its metadata, and the data of its
-/// current version if that was readable then.
+/// One secret as the last read found it: its metadata, and if its current
+/// version was readable then, the answer to a read of it (`data` and
+/// `metadata`, without the grace fields, which depend on the time).
 pub(super) struct Cached {
     pub(super) meta: KeyMetadata,
     pub(super) current: Option<Map>,

@@ -612,6 +612,15 @@ fn grace_of(meta: &KeyMetadata, version: u64, now: DateTime<Utc>) -> Option<(u64
     vm.grace_until.map(|until| (previous, until))
 }
 
+/// `DataOut`'s shape, without a serialisation round trip (a deep copy) of
+/// the secret's data.
+fn read_answer(data: Map, metadata: &VersionOut) -> Result<Map, BackendError> {
+    let mut out = Map::new();
+    out.insert("data".into(), Value::Object(data));
+    out.insert("metadata".into(), serde_json::to_value(metadata)?);
+    Ok(out)
+}
+
 #[derive(Debug, Serialize)]
 struct DataOut {
     data: Option<Map>,
@@ -863,27 +872,26 @@ impl KvV2 {
             return Ok(None);
         };
         let now = Utc::now();
-        let metadata = VersionOut::new(meta, version, vm);
         if !vm.is_live(now) {
             return not_found_with(&DataOut {
                 data: None,
-                metadata,
+                metadata: VersionOut::new(meta, version, vm),
             });
         }
-        let metadata = metadata.with_grace(meta, version, now);
-        let data = match &cached.current {
-            Some(data) if version == meta.current_version => Some(data.clone()),
-            _ => storage.get_json::<Map>(&version_key(path, version)).await?,
-        };
-        match data {
-            Some(data) => {
-                // `DataOut`'s shape, without a serialisation round trip
-                // (a deep copy) of the secret's data.
-                let mut out = Map::new();
-                out.insert("data".into(), Value::Object(data));
-                out.insert("metadata".into(), serde_json::to_value(&metadata)?);
-                Ok(Some(Response::data(out)))
+        let grace = grace_of(meta, version, now);
+        if let (Some(answer), true) = (&cached.current, version == meta.current_version) {
+            let mut answer = answer.clone();
+            if let (Some((previous, until)), Some(Value::Object(m))) =
+                (grace, answer.get_mut("metadata"))
+            {
+                m.insert("previous_version".into(), previous.into());
+                m.insert("grace_until".into(), ts(&until).into());
             }
+            return Ok(Some(Response::data(answer)));
+        }
+        let metadata = VersionOut::new(meta, version, vm).with_grace(meta, version, now);
+        match storage.get_json::<Map>(&version_key(path, version)).await? {
+            Some(data) => Ok(Some(Response::data(read_answer(data, &metadata)?))),
             None => Err(BackendError::Internal(format!(
                 "kv: version {version} of a secret has metadata but no data"
             ))),
@@ -907,22 +915,22 @@ impl KvV2 {
         let mut bytes = raw.len();
         // Only a live current version is worth keeping: the others are
         // read by `?version=`, rarely, or answer 404 without their data.
-        let live = meta
-            .versions
-            .get(&meta.current_version)
-            .is_some_and(|vm| vm.is_live(Utc::now()));
-        let current = match live {
-            true => match storage
-                .get(&version_key(path, meta.current_version))
-                .await?
-            {
-                Some(raw) => {
-                    bytes += raw.len();
-                    Some(serde_json::from_slice::<Map>(&raw)?)
+        let current = match meta.versions.get(&meta.current_version) {
+            Some(vm) if vm.is_live(Utc::now()) => {
+                match storage
+                    .get(&version_key(path, meta.current_version))
+                    .await?
+                {
+                    Some(raw) => {
+                        bytes += raw.len();
+                        let data = serde_json::from_slice::<Map>(&raw)?;
+                        let metadata = VersionOut::new(&meta, meta.current_version, vm);
+                        Some(read_answer(data, &metadata)?)
+                    }
+                    None => None,
                 }
-                None => None,
-            },
-            false => None,
+            }
+            _ => None,
         };
         let entry = Arc::new(Cached::new(meta, current, bytes));
         self.cache.insert(ticket, path, entry.clone());

@@ -200,8 +200,10 @@ impl Router {
     /// slash) routes to `secret/` with an empty relative path, as in Vault.
     pub fn resolve(&self, path: &str) -> Option<(Arc<Route>, String)> {
         let routes = self.routes.read();
-        // Candidate prefixes end right after each '/', longest first.
-        for (i, _) in path.rmatch_indices('/') {
+        // Candidate prefixes end right after each '/'. Mounts never nest
+        // (`conflict` refuses one inside another), so at most one matches
+        // and the shortest is tried first: one lookup for most paths.
+        for (i, _) in path.match_indices('/') {
             let end = i + 1;
             if let Some(r) = routes.get(&path[..end]) {
                 return Some((r.clone(), path[end..].to_string()));

@@ -532,3 +532,49 @@ async fn passthrough_request_headers_were_not_a_mount_setting() {
         .get("passthrough_request_headers")
         .is_none());
 }
+
+#[tokio::test]
+async fn ui_mounts_without_a_token_was_refused() {
+    let s = dev().await;
+    let (st, b) = call_root(
+        &s,
+        "POST",
+        "sys/mounts/public",
+        Some(json!({"type": "kv", "config": {"listing_visibility": "unauth"}})),
+    )
+    .await;
+    assert_eq!(st, 204, "{b}");
+    // No token: only the mounts tuned `unauth`, as Vault lists them.
+    let (st, b) = call_as(&s, "GET", "sys/internal/ui/mounts", None, Value::Null).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        keys(&b["data"]["secret"]),
+        vec!["public/".to_string()],
+        "{b}"
+    );
+    assert!(keys(&b["data"]["auth"]).is_empty(), "{b}");
+    // A bad token is still refused, and the per-mount form needs a token.
+    let (st, _) = call_as(
+        &s,
+        "GET",
+        "sys/internal/ui/mounts",
+        Some("hvs.not-a-token"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(st, 403);
+    let (st, _) = call_as(
+        &s,
+        "GET",
+        "sys/internal/ui/mounts/public/x",
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(st, 403);
+    // Nothing else opens up without a token.
+    for path in ["sys/mounts", "sys/internal/ui/mounts/", "secret/data/x"] {
+        let (st, b) = call_as(&s, "GET", path, None, Value::Null).await;
+        assert_eq!(st, 403, "{path}: {b}");
+    }
+}

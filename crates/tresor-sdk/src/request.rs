@@ -96,13 +96,15 @@ impl Request {
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, BackendError> {
         // Like Vault's field framework, a field sent as null is a field not
         // sent: clients (hvac) send `"config": null` for "no config".
-        let fields: crate::Map = self
+        // Read in place: copying the fields first cost every request a
+        // deep copy of its body.
+        let fields = self
             .data
             .iter()
             .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        serde_path_to_error::deserialize(Value::Object(fields)).map_err(|e| {
+            .map(|(k, v)| (k.as_str(), v));
+        let fields = serde::de::value::MapDeserializer::<_, serde_json::Error>::new(fields);
+        serde_path_to_error::deserialize(fields).map_err(|e| {
             let field = e.path().to_string();
             let inner = e.into_inner();
             if field == "." {

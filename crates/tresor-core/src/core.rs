@@ -54,6 +54,14 @@ pub struct CoreConfig {
     pub metrics: Option<MetricsRender>,
 }
 
+/// The headers of a request, asked by name. The HTTP layer hands over its
+/// own header map behind this: the core needs no HTTP crate, and nothing
+/// is copied unless a mount lets headers through.
+pub trait RequestHeaders: Send + Sync + std::fmt::Debug {
+    /// Every text value of header `name` (any case), in order.
+    fn values(&self, name: &str) -> Vec<String>;
+}
+
 /// A request as the HTTP layer hands it over.
 #[derive(Debug, Clone)]
 pub struct CoreRequest {
@@ -71,7 +79,7 @@ pub struct CoreRequest {
     pub remote_addr: Option<IpAddr>,
     /// The request's headers; a backend sees those its mount lets through
     /// (`passthrough_request_headers`), as in Vault.
-    pub headers: http::HeaderMap,
+    pub headers: Option<Arc<dyn RequestHeaders>>,
     /// DER client certificate chain of the TLS connection, leaf first.
     pub peer_certificates: Vec<Vec<u8>>,
 }
@@ -85,7 +93,7 @@ impl CoreRequest {
             token: None,
             wrap_ttl: None,
             remote_addr: None,
-            headers: http::HeaderMap::new(),
+            headers: None,
             peer_certificates: Vec::new(),
         }
     }
@@ -708,8 +716,10 @@ impl Core {
             {
                 let entry = route.entry.read();
                 sreq.mount_point = entry.path.clone();
-                sreq.headers =
-                    passthrough_headers(&req.headers, &entry.config.passthrough_request_headers);
+                if let Some(headers) = &req.headers {
+                    sreq.headers =
+                        passthrough_headers(&**headers, &entry.config.passthrough_request_headers);
+                }
             }
             if req.operation == Operation::Update {
                 if let Handler::Backend(b) = &route.handler {
@@ -1138,18 +1148,17 @@ fn spawn_periodic(state: Weak<Unsealed>) {
 /// over a data key of the same name; wrapped answers are left alone.
 /// The headers named in `allowed` (any case), names lower-cased, repeated
 /// values joined with ", ". The client token is never handed over.
-fn passthrough_headers(headers: &http::HeaderMap, allowed: &[String]) -> BTreeMap<String, String> {
+fn passthrough_headers(
+    headers: &dyn RequestHeaders,
+    allowed: &[String],
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for name in allowed {
         let name = name.to_ascii_lowercase();
         if name == "x-vault-token" {
             continue;
         }
-        let values: Vec<&str> = headers
-            .get_all(name.as_str())
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
+        let values = headers.values(&name);
         if !values.is_empty() {
             out.insert(name, values.join(", "));
         }
@@ -1255,22 +1264,29 @@ pub(crate) fn is_system_type(ty: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::passthrough_headers;
+    use super::{passthrough_headers, RequestHeaders};
+
+    #[derive(Debug)]
+    struct Pairs(Vec<(&'static str, &'static str)>);
+
+    impl RequestHeaders for Pairs {
+        fn values(&self, name: &str) -> Vec<String> {
+            self.0
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.to_string())
+                .collect()
+        }
+    }
 
     #[test]
     fn only_allowed_headers_pass_and_never_the_token() {
-        let mut h = http::HeaderMap::new();
-        for (k, v) in [
+        let h = Pairs(vec![
             ("x-custom", "1"),
             ("X-Custom", "2"),
             ("x-other", "no"),
             ("x-vault-token", "secret"),
-        ] {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap_or_else(|_| unreachable!()),
-                http::HeaderValue::from_static(v),
-            );
-        }
+        ]);
         let allowed = ["X-Custom".to_string(), "X-Vault-Token".to_string()];
         let got = passthrough_headers(&h, &allowed);
         assert_eq!(got.len(), 1, "{got:?}");

@@ -30,5 +30,5 @@ pub mod token;
 mod token_api;
 mod wrapping;
 
-pub use crate::core::{Core, CoreConfig, CoreRequest, CoreResponse};
+pub use crate::core::{Core, CoreConfig, CoreRequest, CoreResponse, RequestHeaders};
 pub use crate::error::CoreError;

@@ -120,7 +120,7 @@ async fn handle_inner(
         token: request::token(&parts.headers),
         wrap_ttl: request::wrap_ttl(&parts.headers)?,
         remote_addr: conn.and_then(|c| c.remote).map(|a| a.ip()),
-        headers: parts.headers,
+        headers: Some(request::headers(parts.headers)),
         peer_certificates: conn
             .map(|c| c.peer_certificates.as_ref().clone())
             .unwrap_or_default(),

@@ -216,6 +216,25 @@ pub(crate) fn wrap_ttl(headers: &HeaderMap) -> Result<Option<Duration>, ApiError
     }
 }
 
+/// A request's headers for the core, which asks only for those a mount
+/// lets through.
+#[derive(Debug)]
+struct Headers(HeaderMap);
+
+impl tresor_core::RequestHeaders for Headers {
+    fn values(&self, name: &str) -> Vec<String> {
+        self.0
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect()
+    }
+}
+
+pub(crate) fn headers(map: HeaderMap) -> std::sync::Arc<dyn tresor_core::RequestHeaders> {
+    std::sync::Arc::new(Headers(map))
+}
+
 /// Query parameters, in order.
 pub(crate) fn query_pairs(uri: &Uri) -> Result<Vec<(String, String)>, ApiError> {
     if uri.query().is_none() {

@@ -63,7 +63,7 @@ fn core_request(
     let mut req = CoreRequest::new(operation, path);
     req.data = data;
     req.token = request::token(headers);
-    req.headers = headers.clone();
+    req.headers = Some(request::headers(headers.clone()));
     if let Some(conn) = conn {
         req.remote_addr = conn.remote.map(|a| a.ip());
         req.peer_certificates = conn.peer_certificates.as_ref().clone();

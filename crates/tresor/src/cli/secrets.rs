@@ -20,10 +20,8 @@ pub(crate) enum SecretsCmd {
         /// KV version (shorthand for -options=version=N).
         #[arg(long)]
         version: Option<u8>,
-        #[arg(long)]
-        default_lease_ttl: Option<String>,
-        #[arg(long)]
-        max_lease_ttl: Option<String>,
+        #[command(flatten)]
+        tuning: MountTuning,
         /// Engine options k=v, repeatable.
         #[arg(long)]
         options: Vec<String>,
@@ -42,10 +40,8 @@ pub(crate) enum SecretsCmd {
     /// Change an engine's TTLs or description.
     Tune {
         path: String,
-        #[arg(long)]
-        default_lease_ttl: Option<String>,
-        #[arg(long)]
-        max_lease_ttl: Option<String>,
+        #[command(flatten)]
+        tuning: MountTuning,
         #[arg(long)]
         description: Option<String>,
         #[arg(long)]
@@ -65,10 +61,8 @@ pub(crate) enum AuthCmd {
         path: Option<String>,
         #[arg(long)]
         description: Option<String>,
-        #[arg(long)]
-        default_lease_ttl: Option<String>,
-        #[arg(long)]
-        max_lease_ttl: Option<String>,
+        #[command(flatten)]
+        tuning: MountTuning,
         #[arg(long)]
         local: bool,
     },
@@ -110,15 +104,41 @@ fn with_slash(p: &str) -> String {
     format!("{}/", p.trim_matches('/'))
 }
 
-fn mount_config(default_ttl: Option<String>, max_ttl: Option<String>) -> Map<String, Value> {
-    let mut cfg = Map::new();
-    if let Some(t) = default_ttl {
-        cfg.insert("default_lease_ttl".into(), json!(t));
+/// The mount settings `secrets enable` and `secrets tune` share.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MountTuning {
+    #[arg(long)]
+    default_lease_ttl: Option<String>,
+    #[arg(long)]
+    max_lease_ttl: Option<String>,
+    /// `unauth` lists the mount to callers without a token.
+    #[arg(long)]
+    listing_visibility: Option<String>,
+    /// A request header handed to the engine; repeatable.
+    #[arg(long)]
+    passthrough_request_headers: Vec<String>,
+}
+
+impl MountTuning {
+    fn config(self) -> Map<String, Value> {
+        let mut cfg = Map::new();
+        if let Some(t) = self.default_lease_ttl {
+            cfg.insert("default_lease_ttl".into(), json!(t));
+        }
+        if let Some(t) = self.max_lease_ttl {
+            cfg.insert("max_lease_ttl".into(), json!(t));
+        }
+        if let Some(v) = self.listing_visibility {
+            cfg.insert("listing_visibility".into(), json!(v));
+        }
+        if !self.passthrough_request_headers.is_empty() {
+            cfg.insert(
+                "passthrough_request_headers".into(),
+                json!(self.passthrough_request_headers),
+            );
+        }
+        cfg
     }
-    if let Some(t) = max_ttl {
-        cfg.insert("max_lease_ttl".into(), json!(t));
-    }
-    cfg
 }
 
 /// The mount table of a `sys/mounts`-style answer: Vault repeats it at the
@@ -225,8 +245,7 @@ pub(crate) async fn run_secrets(ctx: &Ctx, cmd: SecretsCmd) -> CmdResult {
             path,
             description,
             version,
-            default_lease_ttl,
-            max_lease_ttl,
+            tuning,
             options,
             local,
             seal_wrap,
@@ -243,7 +262,7 @@ pub(crate) async fn run_secrets(ctx: &Ctx, cmd: SecretsCmd) -> CmdResult {
             }
             let mut body = json!({
                 "type": engine,
-                "config": mount_config(default_lease_ttl, max_lease_ttl),
+                "config": tuning.config(),
                 "local": local,
                 "seal_wrap": seal_wrap,
             });
@@ -279,13 +298,12 @@ pub(crate) async fn run_secrets(ctx: &Ctx, cmd: SecretsCmd) -> CmdResult {
         }
         SecretsCmd::Tune {
             path,
-            default_lease_ttl,
-            max_lease_ttl,
+            tuning,
             description,
             options,
         } => {
             let mount = with_slash(&path);
-            let mut body = Value::Object(mount_config(default_lease_ttl, max_lease_ttl));
+            let mut body = Value::Object(tuning.config());
             if let Some(d) = description {
                 body["description"] = json!(d);
             }
@@ -333,14 +351,13 @@ pub(crate) async fn run_auth(ctx: &Ctx, cmd: AuthCmd) -> CmdResult {
             method,
             path,
             description,
-            default_lease_ttl,
-            max_lease_ttl,
+            tuning,
             local,
         } => {
             let mount = with_slash(path.as_deref().unwrap_or(&method));
             let mut body = json!({
                 "type": method,
-                "config": mount_config(default_lease_ttl, max_lease_ttl),
+                "config": tuning.config(),
                 "local": local,
             });
             if let Some(d) = description {

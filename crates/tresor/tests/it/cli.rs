@@ -158,6 +158,26 @@ async fn cli_kv_policy_token_and_login_tour() {
     assert!(r.stderr.contains("-force"), "{r}");
     let r = cli.run(&["write", "-format=json", "kv1/app", "token=def"]);
     assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{r}");
+    // Vault's mount flags: listing visibility and passed-through headers.
+    cli.ok(&[
+        "secrets",
+        "tune",
+        "-listing-visibility=unauth",
+        "-passthrough-request-headers=X-A",
+        "-passthrough-request-headers=X-B",
+        "kv1",
+    ]);
+    let v = cli.json(&["read", "sys/mounts/kv1/tune"]);
+    assert_eq!(
+        v["data"]["passthrough_request_headers"],
+        serde_json::json!(["X-A", "X-B"]),
+        "{v}"
+    );
+    let v = cli.json(&["read", "sys/mounts"]);
+    assert_eq!(
+        v["data"]["kv1/"]["config"]["listing_visibility"], "unauth",
+        "{v}"
+    );
     // The kv commands say so when a path is not on a KV mount.
     let r = cli.fails(1, &["kv", "get", "nomount/x"]);
     assert!(

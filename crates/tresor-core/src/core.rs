@@ -1147,7 +1147,8 @@ fn spawn_periodic(state: Weak<Unsealed>) {
 /// clients written against them read the top-level keys. Envelope keys win
 /// over a data key of the same name; wrapped answers are left alone.
 /// The headers named in `allowed` (any case), names lower-cased, repeated
-/// values joined with ", ". The client token is never handed over.
+/// values joined with ", ". The headers that carry the client token
+/// (`X-Vault-Token`, `Authorization: Bearer`) are never handed over.
 fn passthrough_headers(
     headers: &dyn RequestHeaders,
     allowed: &[String],
@@ -1155,7 +1156,7 @@ fn passthrough_headers(
     let mut out = BTreeMap::new();
     for name in allowed {
         let name = name.to_ascii_lowercase();
-        if name == "x-vault-token" {
+        if name == "x-vault-token" || name == "authorization" {
             continue;
         }
         let values = headers.values(&name);
@@ -1286,8 +1287,13 @@ mod tests {
             ("X-Custom", "2"),
             ("x-other", "no"),
             ("x-vault-token", "secret"),
+            ("authorization", "Bearer secret"),
         ]);
-        let allowed = ["X-Custom".to_string(), "X-Vault-Token".to_string()];
+        let allowed = [
+            "X-Custom".to_string(),
+            "X-Vault-Token".to_string(),
+            "Authorization".to_string(),
+        ];
         let got = passthrough_headers(&h, &allowed);
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got.get("x-custom").map(String::as_str), Some("1, 2"));

@@ -313,25 +313,34 @@ fn finish(res: CmdResult, address: &str, has_token: bool) -> ExitCode {
 /// negative numbers (`-1`, `-5s`), anything already `--...`, and everything
 /// after a bare `--`.
 fn rewrite_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
-    let mut out = Vec::new();
+    flag_positions(args)
+        .map(|(a, may_be_flag)| {
+            let mut chars = a.chars();
+            let single_dash_long = may_be_flag
+                && chars.next() == Some('-')
+                && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+                && chars.next().is_some();
+            if single_dash_long {
+                format!("-{a}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+/// Each argument, with whether it may be a flag: not the program name, not
+/// a bare `--`, nothing after it.
+fn flag_positions(args: impl IntoIterator<Item = String>) -> impl Iterator<Item = (String, bool)> {
     let mut passthrough = false;
-    for (i, a) in args.into_iter().enumerate() {
-        if i == 0 || passthrough {
-            out.push(a);
-            continue;
-        }
-        if a == "--" {
+    args.into_iter().enumerate().map(move |(i, a)| {
+        if i > 0 && a == "--" {
             passthrough = true;
-            out.push(a);
-            continue;
+            return (a, false);
         }
-        let mut chars = a.chars();
-        let single_dash_long = chars.next() == Some('-')
-            && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-            && chars.next().is_some();
-        out.push(if single_dash_long { format!("-{a}") } else { a });
-    }
-    out
+        let may_be_flag = i > 0 && !passthrough;
+        (a, may_be_flag)
+    })
 }
 
 /// Go's flag package, which vault's CLI is built on, takes `-orphan=true`
@@ -345,14 +354,8 @@ fn normalize_switches(args: Vec<String>) -> Vec<String> {
     root.build();
     let mut cur = &root;
     let mut out = Vec::with_capacity(args.len());
-    let mut passthrough = false;
-    for (i, a) in args.into_iter().enumerate() {
-        if i == 0 || passthrough {
-            out.push(a);
-            continue;
-        }
-        if a == "--" {
-            passthrough = true;
+    for (a, may_be_flag) in flag_positions(args) {
+        if !may_be_flag {
             out.push(a);
             continue;
         }

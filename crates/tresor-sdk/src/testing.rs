@@ -107,3 +107,40 @@ impl Request {
         self
     }
 }
+
+/// Where moto, the AWS API stand-in `scripts/test` starts, listens:
+/// `TRESOR_MOTO_ENDPOINT`, else `http://127.0.0.1:5000`. `None`, with a
+/// notice, when the variable is unset and nothing listens there, so that a
+/// test can skip; set but unreachable is a failure.
+pub fn moto() -> Option<String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+
+    let env = std::env::var("TRESOR_MOTO_ENDPOINT")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let url = env
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:5000".into());
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url.as_str()));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = match (authority.contains(':'), scheme) {
+        (true, _) => authority.to_string(),
+        (false, "https") => format!("{authority}:443"),
+        (false, _) => format!("{authority}:80"),
+    };
+    let reachable = authority
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| {
+            TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok()
+        });
+    match (reachable, env) {
+        (true, _) => Some(url),
+        (false, Some(_)) => panic!("TRESOR_MOTO_ENDPOINT={url} is set but unreachable"),
+        (false, None) => {
+            eprintln!("SKIPPED: moto is not reachable at {url} and TRESOR_MOTO_ENDPOINT is unset (scripts/test starts it)");
+            None
+        }
+    }
+}

@@ -14,29 +14,11 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use tresor_engines::auth::aws::AwsAuth;
-use tresor_sdk::testing::{req, MemoryStorage};
+use tresor_sdk::testing::{moto, req, MemoryStorage};
 use tresor_sdk::{Backend, BackendError, Operation, Response};
 
 const BODY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
 const SERVER_ID: &str = "tresor.example.com";
-
-async fn moto() -> Option<String> {
-    let env = std::env::var("TRESOR_MOTO_ENDPOINT")
-        .ok()
-        .filter(|s| !s.is_empty());
-    let url = env
-        .clone()
-        .unwrap_or_else(|| "http://127.0.0.1:5000".into());
-    let ok = reqwest::get(format!("{url}/moto-api/")).await.is_ok();
-    match (ok, env) {
-        (true, _) => Some(url),
-        (false, Some(_)) => panic!("TRESOR_MOTO_ENDPOINT={url} is set but unreachable"),
-        (false, None) => {
-            eprintln!("SKIPPED: moto is not reachable at {url} and TRESOR_MOTO_ENDPOINT is unset (scripts/test starts it)");
-            None
-        }
-    }
-}
 
 /// Headers of a SigV4-signed POST (host and every given header signed).
 fn signed_headers(
@@ -214,7 +196,7 @@ async fn setup(moto: &str, server_id: &str) -> (AwsAuth, MemoryStorage) {
 
 #[tokio::test]
 async fn iam_login_with_unique_id_binding_and_renewal() {
-    let Some(moto) = moto().await else { return };
+    let Some(moto) = moto() else { return };
     let alice = new_user(&moto, "alice").await;
     let bob = new_user(&moto, "bob").await;
     let (b, s) = setup(&moto, SERVER_ID).await;
@@ -295,7 +277,7 @@ async fn iam_login_with_unique_id_binding_and_renewal() {
 
 #[tokio::test]
 async fn glob_binding_without_resolution() {
-    let Some(moto) = moto().await else { return };
+    let Some(moto) = moto() else { return };
     let carol = new_user(&moto, "carolglob").await;
     let (b, s) = setup(&moto, "").await;
     let account = carol.arn.split(':').nth(4).unwrap().to_string();
@@ -351,7 +333,7 @@ async fn glob_binding_without_resolution() {
 
 #[tokio::test]
 async fn tampered_requests_are_refused() {
-    let Some(moto) = moto().await else { return };
+    let Some(moto) = moto() else { return };
     let dave = new_user(&moto, "dave").await;
     let (b, s) = setup(&moto, SERVER_ID).await;
     call(

@@ -14,26 +14,8 @@ use aws_sigv4::sign::v4;
 use serde_json::{json, Value};
 use tresor_engines::secrets::aws::AwsSecrets;
 use tresor_sdk::backend::StaticSystemView;
-use tresor_sdk::testing::{req, MemoryStorage};
+use tresor_sdk::testing::{moto, req, MemoryStorage};
 use tresor_sdk::{Backend, BackendError, Operation, Response, Secret};
-
-async fn moto() -> Option<String> {
-    let env = std::env::var("TRESOR_MOTO_ENDPOINT")
-        .ok()
-        .filter(|s| !s.is_empty());
-    let url = env
-        .clone()
-        .unwrap_or_else(|| "http://127.0.0.1:5000".into());
-    let ok = reqwest::get(format!("{url}/moto-api/")).await.is_ok();
-    match (ok, env) {
-        (true, _) => Some(url),
-        (false, Some(_)) => panic!("TRESOR_MOTO_ENDPOINT={url} is set but unreachable"),
-        (false, None) => {
-            eprintln!("SKIPPED: moto is not reachable at {url} and TRESOR_MOTO_ENDPOINT is unset (scripts/test starts it)");
-            None
-        }
-    }
-}
 
 /// A signed IAM call as the test's own admin; the status and body.
 async fn iam_raw(moto: &str, params: &[(&str, &str)]) -> (u16, String) {
@@ -186,7 +168,7 @@ const POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","
 
 #[tokio::test]
 async fn iam_user_credentials_are_created_and_revoked() {
-    let Some(moto) = moto().await else { return };
+    let Some(moto) = moto() else { return };
     let e = setup(&moto).await;
 
     // The root config answers without the secret.
@@ -314,7 +296,7 @@ async fn iam_user_credentials_are_created_and_revoked() {
 
 #[tokio::test]
 async fn assumed_role_and_federation_token() {
-    let Some(moto) = moto().await else { return };
+    let Some(moto) = moto() else { return };
     let e = setup(&moto).await;
     let role_name = uniq("tresor-target");
     let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:root"},"Action":"sts:AssumeRole"}]}"#;
@@ -411,7 +393,7 @@ async fn assumed_role_and_federation_token() {
 
 #[tokio::test]
 async fn rotate_root_then_credentials_still_work() {
-    let Some(moto) = moto().await else { return };
+    let Some(moto) = moto() else { return };
     let e = setup(&moto).await;
     let (before, _) = e.data(Operation::Read, "config/root", json!({})).await;
     let old = before["access_key"].as_str().unwrap().to_string();
@@ -466,7 +448,7 @@ async fn rotate_root_then_credentials_still_work() {
 
 #[tokio::test]
 async fn hostile_names_are_refused_or_escaped() {
-    let Some(moto) = moto().await else { return };
+    let Some(moto) = moto() else { return };
     let e = setup(&moto).await;
     let good = json!({"credential_type": "iam_user", "policy_document": POLICY});
 

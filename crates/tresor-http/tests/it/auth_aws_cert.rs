@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common;
-use crate::common::moto;
+use tresor_sdk::testing::moto;
 
 use std::time::Duration;
 
@@ -315,7 +315,7 @@ print(json.dumps({"arn": arn, "login": {
 
 #[tokio::test]
 async fn aws_iam_login_like_hvac() {
-    let Some(moto) = moto().await else { return };
+    let Some(moto) = moto() else { return };
     let out = std::process::Command::new("python3")
         .args(["-c", HVAC_LIKE, &moto, "tresor.example.com"])
         .output()

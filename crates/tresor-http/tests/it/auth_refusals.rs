@@ -13,10 +13,10 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::auth_jwt_k8s::Ed25519;
-use crate::common::moto;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tresor_sdk::testing::moto;
 
 use axum::routing::post;
 use axum::{Json, Router};
@@ -792,7 +792,7 @@ print(json.dumps({"arn": arn,
 
 #[tokio::test]
 async fn aws_iam_other_action_extra_header_missing_server_id_are_refused() {
-    let Some(moto) = moto().await else { return };
+    let Some(moto) = moto() else { return };
     let out = std::process::Command::new("python3")
         .args(["-c", SIGNED_VARIANTS, &moto, "tresor.example.com"])
         .output()

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use crate::common;
-use crate::common::moto;
+use tresor_sdk::testing::moto;
 
 use crate::common::ROOT;
 use serde_json::{json, Value};
@@ -49,7 +49,7 @@ async fn send(c: &reqwest::Client, method: &str, url: String, body: Option<Value
 
 #[tokio::test]
 async fn iam_user_lease_revoked_through_sys_leases() {
-    let Some(moto) = moto().await else { return };
+    let Some(moto) = moto() else { return };
     let root = format!("tresor-http-root-{}", uuid::Uuid::new_v4().simple());
     let (st, b) = iam(&moto, &[("Action", "CreateUser"), ("UserName", &root)]).await;
     assert_eq!(st, 200, "{b}");

@@ -5,29 +5,12 @@
 //! `scripts/test` starts moto and sets it.
 
 use crate::common::{dev_server, Cli};
+use tresor_sdk::testing::moto;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const SERVER_ID: &str = "tresor.example.com";
 const ROOT: &str = "aws-cli-root";
-
-async fn moto() -> Option<String> {
-    let env = std::env::var("TRESOR_MOTO_ENDPOINT")
-        .ok()
-        .filter(|s| !s.is_empty());
-    let url = env
-        .clone()
-        .unwrap_or_else(|| "http://127.0.0.1:5000".into());
-    let ok = reqwest::get(format!("{url}/moto-api/")).await.is_ok();
-    match (ok, env) {
-        (true, _) => Some(url),
-        (false, Some(_)) => panic!("TRESOR_MOTO_ENDPOINT={url} is set but unreachable"),
-        (false, None) => {
-            eprintln!("SKIPPED: moto is not reachable at {url} and TRESOR_MOTO_ENDPOINT is unset (scripts/test starts it)");
-            None
-        }
-    }
-}
 
 /// One IAM call to moto. Moto routes a request by the service in the
 /// Authorization header's credential scope and does not check signatures,
@@ -89,7 +72,7 @@ async fn new_user(moto: &str, prefix: &str) -> User {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_login_method_aws_against_moto() {
-    let Some(moto) = moto().await else { return };
+    let Some(moto) = moto() else { return };
     let alice = new_user(&moto, "cli-alice").await;
     let bob = new_user(&moto, "cli-bob").await;
 

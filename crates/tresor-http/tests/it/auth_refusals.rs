@@ -25,7 +25,7 @@ use tresor_core::{Core, CoreConfig};
 use tresor_http::HttpConfig;
 use tresor_storage::{MemoryStorage, Storage};
 
-use crate::common::{self, call_as as call, TestServer, ROOT};
+use crate::common::{self, call_as as call, enable_auth, TestServer, ROOT};
 
 // ----- helpers ---------------------------------------------------------------
 
@@ -90,18 +90,6 @@ fn errors(msg: &str) -> Value {
     json!({ "errors": [msg] })
 }
 
-async fn enable(s: &TestServer, path: &str, kind: &str) {
-    let (st, b) = call(
-        s,
-        "POST",
-        &format!("sys/auth/{path}"),
-        Some(ROOT),
-        json!({ "type": kind }),
-    )
-    .await;
-    assert_eq!(st, 204, "{b}");
-}
-
 /// Writes as root and expects success without a body.
 async fn put(s: &TestServer, path: &str, body: Value) {
     let (st, b) = call(s, "POST", path, Some(ROOT), body).await;
@@ -163,7 +151,7 @@ async fn approle_secret_id(s: &TestServer, role: &str) -> (String, String) {
 #[tokio::test]
 async fn approle_accessor_of_another_role_is_refused() {
     let (s, storage) = dev_on_memory().await;
-    enable(&s, "approle", "approle").await;
+    enable_auth(&s, "approle", "approle").await;
     let role_a = approle_role(&s, "a", json!({"token_policies": "a"})).await;
     approle_role(&s, "b", json!({"token_policies": "b"})).await;
     let (secret_a, accessor_a) = approle_secret_id(&s, "a").await;
@@ -246,7 +234,7 @@ async fn approle_accessor_of_another_role_is_refused() {
 #[tokio::test]
 async fn approle_secret_id_past_num_uses_and_failed_logins_leave_storage_untouched() {
     let (s, storage) = dev_on_memory().await;
-    enable(&s, "approle", "approle").await;
+    enable_auth(&s, "approle", "approle").await;
     let role_id = approle_role(
         &s,
         "app",
@@ -288,7 +276,7 @@ async fn approle_secret_id_past_num_uses_and_failed_logins_leave_storage_untouch
 #[tokio::test]
 async fn approle_role_cidr_refusal_spends_no_secret_id_use() {
     let (s, storage) = dev_on_memory().await;
-    enable(&s, "approle", "approle").await;
+    enable_auth(&s, "approle", "approle").await;
     let role_id = approle_role(
         &s,
         "fenced",
@@ -327,7 +315,7 @@ async fn approle_role_cidr_refusal_spends_no_secret_id_use() {
 #[tokio::test]
 async fn userpass_lockout_refuses_the_right_password_like_a_wrong_one() {
     let (s, storage) = dev_on_memory().await;
-    enable(&s, "userpass", "userpass").await;
+    enable_auth(&s, "userpass", "userpass").await;
     put(
         &s,
         "auth/userpass/config/lockout",
@@ -453,7 +441,7 @@ where
 #[tokio::test]
 async fn failed_logins_from_one_address_end_in_429_without_any_quota() {
     let (s, _) = dev_on_memory().await;
-    enable(&s, "approle", "approle").await;
+    enable_auth(&s, "approle", "approle").await;
     let role_id = approle_role(&s, "app", json!({"token_policies": "app"})).await;
     let (secret, _) = approle_secret_id(&s, "app").await;
     let (st, b) = call(&s, "LIST", "sys/quotas/rate-limit", Some(ROOT), Value::Null).await;
@@ -505,7 +493,7 @@ async fn failed_logins_from_one_address_end_in_429_without_any_quota() {
 #[tokio::test]
 async fn approle_lockout_refuses_a_valid_secret_id_without_spending_it() {
     let (s, storage) = dev_on_memory().await;
-    enable(&s, "approle", "approle").await;
+    enable_auth(&s, "approle", "approle").await;
     put(
         &s,
         "auth/approle/config/lockout",
@@ -580,7 +568,7 @@ async fn jwt_other_key_expired_other_audience_other_issuer_are_refused() {
     let (s, storage) = dev_on_memory().await;
     let key = Ed25519::new();
     let stranger = Ed25519::new();
-    enable(&s, "jwt", "jwt").await;
+    enable_auth(&s, "jwt", "jwt").await;
     put(
         &s,
         "auth/jwt/config",
@@ -691,7 +679,7 @@ async fn token_review_peer() -> std::net::SocketAddr {
 async fn kubernetes_foreign_namespace_and_unauthenticated_review_are_refused() {
     let peer = token_review_peer().await;
     let (s, storage) = dev_on_memory().await;
-    enable(&s, "kubernetes", "kubernetes").await;
+    enable_auth(&s, "kubernetes", "kubernetes").await;
     put(
         &s,
         "auth/kubernetes/config",
@@ -805,7 +793,7 @@ async fn aws_iam_other_action_extra_header_missing_server_id_are_refused() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
 
     let (s, storage) = dev_on_memory().await;
-    enable(&s, "aws", "aws").await;
+    enable_auth(&s, "aws", "aws").await;
     put(
         &s,
         "auth/aws/config/client",

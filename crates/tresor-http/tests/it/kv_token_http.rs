@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::common::{call_as, client, dev, method, TestServer, ROOT};
+use crate::common::{call_as, client, dev, method, put_policy, TestServer, ROOT};
 use serde_json::{json, Value};
 
 /// One call with the root token; `Value::Null` sends no body.
@@ -94,17 +94,6 @@ async fn alive(s: &TestServer, token: &str) -> bool {
     let (st, b) = call_as(s, "GET", "auth/token/lookup-self", Some(token), Value::Null).await;
     assert!(st == 200 || st == 403, "{st} {b}");
     st == 200
-}
-
-async fn put_policy(s: &TestServer, name: &str, hcl: &str) {
-    let (st, b) = root(
-        s,
-        "PUT",
-        &format!("sys/policies/acl/{name}"),
-        json!({ "policy": hcl }),
-    )
-    .await;
-    assert_eq!(st, 204, "{b}");
 }
 
 // ----- KV version 2 ----------------------------------------------------------

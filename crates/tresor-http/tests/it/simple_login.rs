@@ -10,7 +10,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::common::{call_as as call, client, dev, TestServer, ROOT};
+use crate::common::{
+    call_as as call, client, dev, enable_auth, put_policy, token_with, TestServer, ROOT,
+};
 
 async fn json_of(resp: reqwest::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
@@ -58,44 +60,6 @@ async fn simple_put(s: &TestServer, path: &str, token: &str, body: Value) -> (u1
             .unwrap(),
     )
     .await
-}
-
-async fn enable_auth(s: &TestServer, path: &str, kind: &str) {
-    let (st, b) = call(
-        s,
-        "POST",
-        &format!("sys/auth/{path}"),
-        Some(ROOT),
-        json!({ "type": kind }),
-    )
-    .await;
-    assert_eq!(st, 204, "{b}");
-}
-
-async fn put_policy(s: &TestServer, name: &str, hcl: &str) {
-    let (st, b) = call(
-        s,
-        "PUT",
-        &format!("sys/policies/acl/{name}"),
-        Some(ROOT),
-        json!({ "policy": hcl }),
-    )
-    .await;
-    assert!(st == 204 || st == 200, "{st} {b}");
-}
-
-/// A token with only `policies`.
-async fn token_with(s: &TestServer, policies: &[&str]) -> String {
-    let (st, b) = call(
-        s,
-        "POST",
-        "auth/token/create",
-        Some(ROOT),
-        json!({ "policies": policies }),
-    )
-    .await;
-    assert_eq!(st, 200, "{b}");
-    b["auth"]["client_token"].as_str().unwrap().to_string()
 }
 
 /// An AppRole role `app` at `auth/<mount>/` with the `app` policy and a

@@ -7,27 +7,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{call_as, call_root, client, dev, TestServer, ROOT};
+use crate::common::{call_as, call_root, client, dev, put_policy, token_with, TestServer, ROOT};
 
 /// A token holding only `policy` (plus `default`).
-async fn token_with(s: &TestServer, name: &str, policy: &str) -> String {
-    let (st, b) = call_root(
-        s,
-        "PUT",
-        &format!("sys/policies/acl/{name}"),
-        Some(json!({ "policy": policy })),
-    )
-    .await;
-    assert_eq!(st, 204, "{b}");
-    let (st, b) = call_root(
-        s,
-        "POST",
-        "auth/token/create",
-        Some(json!({ "policies": [name] })),
-    )
-    .await;
-    assert_eq!(st, 200, "{b}");
-    b["auth"]["client_token"].as_str().unwrap().to_string()
+async fn token_for(s: &TestServer, name: &str, policy: &str) -> String {
+    put_policy(s, name, policy).await;
+    token_with(s, &[name]).await
 }
 
 fn keys(v: &Value) -> Vec<String> {
@@ -57,7 +42,7 @@ async fn ui_mounts_bypassed_the_acl() {
     )
     .await;
     assert_eq!(st, 204, "{b}");
-    let token = token_with(
+    let token = token_for(
         &s,
         "ui-reader",
         r#"

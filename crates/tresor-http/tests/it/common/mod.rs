@@ -175,3 +175,43 @@ pub async fn call_root(
     )
     .await
 }
+
+/// Enables the auth method `kind` at `auth/<path>/`.
+pub async fn enable_auth(s: &TestServer, path: &str, kind: &str) {
+    let (st, b) = call_root(
+        s,
+        "POST",
+        &format!("sys/auth/{path}"),
+        Some(serde_json::json!({ "type": kind })),
+    )
+    .await;
+    assert_eq!(st, 204, "{b}");
+}
+
+/// Writes ACL policy `name`.
+pub async fn put_policy(s: &TestServer, name: &str, hcl: &str) {
+    let (st, b) = call_root(
+        s,
+        "PUT",
+        &format!("sys/policies/acl/{name}"),
+        Some(serde_json::json!({ "policy": hcl })),
+    )
+    .await;
+    assert_eq!(st, 204, "{b}");
+}
+
+/// A token with only `policies` (plus `default`).
+pub async fn token_with(s: &TestServer, policies: &[&str]) -> String {
+    let (st, b) = call_root(
+        s,
+        "POST",
+        "auth/token/create",
+        Some(serde_json::json!({ "policies": policies })),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    b["auth"]["client_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no client_token in {b}"))
+        .to_string()
+}

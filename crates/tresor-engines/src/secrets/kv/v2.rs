@@ -547,14 +547,8 @@ fn custom_out(m: &BTreeMap<String, String>) -> Option<BTreeMap<String, String>> 
     (!m.is_empty()).then(|| m.clone())
 }
 
-/// The metadata of one version, as `data/` reads and writes answer it.
-///
-/// `previous_version` and `grace_until` are ours, not Vault's: a read of
-/// the current version carries them while the version a rotation replaced
-/// is in its grace period, so that a consumer allowed to read
-/// `data/<path>` learns which `?version=` still holds the old value
-/// without needing access to `rotation/<path>`. They are left out
-/// otherwise; Vault clients ignore unknown metadata fields.
+/// The metadata of one version, as `data/` reads and writes answer it
+/// (a read may add the grace fields, see [`add_grace`]).
 #[derive(Debug, Serialize)]
 struct VersionOut {
     created_time: String,
@@ -562,10 +556,6 @@ struct VersionOut {
     deletion_time: String,
     destroyed: bool,
     version: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    previous_version: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    grace_until: Option<String>,
 }
 
 impl VersionOut {
@@ -576,18 +566,22 @@ impl VersionOut {
             deletion_time: opt_ts(&vm.deletion_time),
             destroyed: vm.destroyed,
             version,
-            previous_version: None,
-            grace_until: None,
         }
     }
+}
 
-    /// Adds the grace state of `version`, if it has one (see [`grace_of`]).
-    fn with_grace(mut self, meta: &KeyMetadata, version: u64, now: DateTime<Utc>) -> Self {
-        if let Some((previous, until)) = grace_of(meta, version, now) {
-            self.previous_version = Some(previous);
-            self.grace_until = Some(ts(&until));
-        }
-        self
+/// Adds `previous_version` and `grace_until` to the `metadata` of a read's
+/// answer (`read_answer`) when `grace` (from [`grace_of`]) says so.
+///
+/// Both are ours, not Vault's: a read of the current version carries them
+/// while the version a rotation replaced is in its grace period, so that a
+/// consumer allowed to read `data/<path>` learns which `?version=` still
+/// holds the old value without needing access to `rotation/<path>`. They
+/// are left out otherwise; Vault clients ignore unknown metadata fields.
+fn add_grace(answer: &mut Map, grace: Option<(u64, DateTime<Utc>)>) {
+    if let (Some((previous, until)), Some(Value::Object(m))) = (grace, answer.get_mut("metadata")) {
+        m.insert("previous_version".into(), previous.into());
+        m.insert("grace_until".into(), ts(&until).into());
     }
 }
 
@@ -878,24 +872,19 @@ impl KvV2 {
                 metadata: VersionOut::new(meta, version, vm),
             });
         }
-        let grace = grace_of(meta, version, now);
-        if let (Some(answer), true) = (&cached.current, version == meta.current_version) {
-            let mut answer = answer.clone();
-            if let (Some((previous, until)), Some(Value::Object(m))) =
-                (grace, answer.get_mut("metadata"))
-            {
-                m.insert("previous_version".into(), previous.into());
-                m.insert("grace_until".into(), ts(&until).into());
-            }
-            return Ok(Some(Response::data(answer)));
-        }
-        let metadata = VersionOut::new(meta, version, vm).with_grace(meta, version, now);
-        match storage.get_json::<Map>(&version_key(path, version)).await? {
-            Some(data) => Ok(Some(Response::data(read_answer(data, &metadata)?))),
-            None => Err(BackendError::Internal(format!(
-                "kv: version {version} of a secret has metadata but no data"
-            ))),
-        }
+        let mut answer = match &cached.current {
+            Some(answer) if version == meta.current_version => answer.clone(),
+            _ => match storage.get_json::<Map>(&version_key(path, version)).await? {
+                Some(data) => read_answer(data, &VersionOut::new(meta, version, vm))?,
+                None => {
+                    return Err(BackendError::Internal(format!(
+                        "kv: version {version} of a secret has metadata but no data"
+                    )))
+                }
+            },
+        };
+        add_grace(&mut answer, grace_of(meta, version, now));
+        Ok(Some(Response::data(answer)))
     }
 
     /// A secret's metadata and current data, from the cache or storage.

@@ -219,8 +219,10 @@ pub struct TokenStore {
     /// A token's HMAC never changes, and computing it was a third of a
     /// cached lookup, so `lookup` remembers it. The memo is keyed by a
     /// 128-bit SipHash of the token under a random per-process key: no
-    /// token is held in clear, and no one can aim for a collision. A
-    /// revoked token's entry is harmless: its hash finds nothing.
+    /// token is held in clear, and no one can aim for a collision. Only
+    /// tokens that were found are remembered, so a flood of made-up tokens
+    /// cannot push out the real ones; a token revoked since is harmless:
+    /// its hash finds nothing.
     hash_memo: Mutex<HashMap<u128, Arc<str>>>,
     memo_key: [u8; 16],
 }
@@ -249,21 +251,28 @@ impl TokenStore {
         })
     }
 
-    /// [`Self::hash`], remembered (see `hash_memo`).
-    fn memo_hash(&self, token: &str) -> Arc<str> {
+    /// The key of `token` in `hash_memo`.
+    fn memo_id(&self, token: &str) -> u128 {
         let mut h = SipHasher24::new_with_key(&self.memo_key);
         h.write(token.as_bytes());
-        let id = h.finish128().as_u128();
-        if let Some(hash) = self.hash_memo.lock().get(&id) {
-            return hash.clone();
+        h.finish128().as_u128()
+    }
+
+    /// [`Self::hash`], from the memo when `token` was found before; and
+    /// whether it came from there.
+    fn memo_hash(&self, id: u128, token: &str) -> (Arc<str>, bool) {
+        match self.hash_memo.lock().get(&id) {
+            Some(hash) => (hash.clone(), true),
+            None => (self.hash(token).into(), false),
         }
-        let hash: Arc<str> = self.hash(token).into();
+    }
+
+    fn remember_hash(&self, id: u128, hash: Arc<str>) {
         let mut memo = self.hash_memo.lock();
         if memo.len() >= HASH_MEMO_CAP {
             memo.clear();
         }
-        memo.insert(id, hash.clone());
-        hash
+        memo.insert(id, hash);
     }
 
     /// The keyed hash under which a token is stored.
@@ -301,7 +310,13 @@ impl TokenStore {
         if token.is_empty() || token.len() > 512 {
             return Ok(None);
         }
-        self.get(&self.memo_hash(token)).await
+        let id = self.memo_id(token);
+        let (hash, remembered) = self.memo_hash(id, token);
+        let entry = self.get(&hash).await?;
+        if entry.is_some() && !remembered {
+            self.remember_hash(id, hash);
+        }
+        Ok(entry)
     }
 
     pub async fn lookup_accessor(
@@ -553,17 +568,27 @@ mod tests {
         let s: Arc<dyn Storage> = Arc::new(tresor_sdk::testing::MemoryStorage::new());
         let ts = TokenStore::open(s).await.expect("open");
         let (a, b) = (generate_token().expect("a"), generate_token().expect("b"));
+        let memo = |t: &str| {
+            let id = ts.memo_id(t);
+            let (hash, _) = ts.memo_hash(id, t);
+            ts.remember_hash(id, hash.clone());
+            hash
+        };
         for _ in 0..2 {
-            assert_eq!(*ts.memo_hash(&a), ts.hash(&a));
-            assert_eq!(*ts.memo_hash(&b), ts.hash(&b));
+            assert_eq!(*memo(&a), ts.hash(&a));
+            assert_eq!(*memo(&b), ts.hash(&b));
         }
-        assert_ne!(ts.memo_hash(&a), ts.memo_hash(&b));
+        assert_ne!(memo(&a), memo(&b));
         // Bounded: past the cap it starts over rather than grow.
         for i in 0..HASH_MEMO_CAP + 10 {
-            ts.memo_hash(&format!("t{i}"));
+            memo(&format!("t{i}"));
         }
         assert!(ts.hash_memo.lock().len() <= HASH_MEMO_CAP);
-        assert_eq!(*ts.memo_hash(&a), ts.hash(&a));
+        assert_eq!(*memo(&a), ts.hash(&a));
+        // Made-up tokens are not remembered by a lookup.
+        let before = ts.hash_memo.lock().len();
+        assert!(ts.lookup("hvs.made-up").await.expect("lookup").is_none());
+        assert_eq!(ts.hash_memo.lock().len(), before);
     }
 
     #[tokio::test]
